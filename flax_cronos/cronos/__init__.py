@@ -1,0 +1,11 @@
+"""The CRONOS convex solver: pure JAX (never imports flax, optax or orbax)."""
+
+from flax_cronos.cronos.admm import (AdmmState, CronosConfig, Solution, SolveStatus, Stats,
+                                     solve)
+from flax_cronos.cronos.network import (ConvexParams, classify, network_predict, predict,
+                                        two_layer_weights)
+from flax_cronos.cronos.problem import activation_patterns, sample_gates
+
+__all__ = ["AdmmState", "ConvexParams", "CronosConfig", "Solution", "SolveStatus", "Stats",
+           "activation_patterns", "classify", "network_predict", "predict", "sample_gates",
+           "solve", "two_layer_weights"]

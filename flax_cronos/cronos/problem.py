@@ -1,0 +1,212 @@
+"""The convex program: data checks, gates, activation patterns and its operators.
+
+Notation (DESIGN.md): features X: [n, d], gates Γ: [d, P], masks M = 1[XΓ ≥ 0]: [n, P],
+signs E = 2M − 1, targets Y: [n, C]. Weights are stacked as ``u: [H, d, P, C]`` with
+``H = 2`` halves for ``relu`` (``u[0] = v``, ``u[1] = w``) and ``H = 1`` for ``gated_relu``.
+
+Operators (never materialised; each is one or two GEMMs with X):
+
+- F u    = Σ_i D_i X (Σ_h σ_h u_h)_i           → [n, C]      (σ = (+1, −1) or (+1,))
+- Fᵀ r   = σ_h ⊗ Xᵀ(M ∘ r)                      → [H, d, P, C]
+- G u    = E ∘ (Ω X u_h)                        → [H, n, P, C] (relu only)
+- Gᵀ s   = Xᵀ Ω (E ∘ s_h)                       → [H, d, P, C]
+- GᵀG u  = (XᵀΩ²X) u_h, because E_i² = I.
+
+The solver works on X̂ = X / σ with σ = ‖X‖₂ (so ‖X̂‖₂ = 1). The program on (X̂, β/σ) has the
+solution σ·u: every statistic is unchanged, and the data scale no longer matters to ADMM.
+The cone constraints E_i X v_i ≥ 0 are row-equilibrated: Ω = diag(ω) scales every row of X̂ to
+the mean row norm (ω_j = ‖X̂‖_F / (√n ‖x̂_j‖)). Positive row scales leave the feasible set as it
+is, and equal rows make ADMM's single penalty fit every constraint alike.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = ("relu", "gated_relu")
+TASKS = ("classification", "regression")
+
+
+def halves(activation: str) -> int:
+    """Number of weight halves: 2 (v and w) for relu, 1 (u) for gated_relu."""
+    return 2 if activation == "relu" else 1
+
+
+def half_signs(num_halves: int, dtype) -> jax.Array:
+    """σ_h: (+1, −1) for the v and w halves of relu; (+1,) for gated_relu."""
+    return jnp.array([1.0, -1.0][:num_halves], dtype)
+
+
+class Problem(NamedTuple):
+    """A convex program on normalised data; a pytree of arrays.
+
+    Attributes:
+        x: [n, d] features divided by ``scale`` (intercept column already appended).
+        masks: [n, P] activation patterns 1[XΓ ≥ 0] as 0/1 floats.
+        targets: [n, C] encoded targets.
+        gram_eigvals: [d] eigenvalues of K = X̂ᵀΩ²X̂ (GᵀG per block; ascending, clipped at 0).
+        gram_eigvecs: [d, d] the matching orthonormal eigenvectors.
+        row_weights: [n] ω, the cone-row equilibration.
+        scale: σ = ‖X‖₂ of the un-normalised features.
+        beta: β/σ, the group-lasso weight of the normalised program.
+    """
+
+    x: jax.Array
+    masks: jax.Array
+    targets: jax.Array
+    gram_eigvals: jax.Array
+    gram_eigvecs: jax.Array
+    row_weights: jax.Array
+    scale: jax.Array
+    beta: jax.Array
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_features(x, name: str = "x") -> np.ndarray:
+    """Returns ``x`` as a float array after checking it is a finite, non-empty [n, d] matrix."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {x.shape}; need at least one row and column")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.isfinite(x)))
+        raise ValueError(f"{name} contains {bad} NaN or Inf values")
+    return x
+
+
+def encode_targets(y, task: str, n: int, name: str = "y") -> tuple[np.ndarray, int]:
+    """Encodes labels or values as the [n, C] target matrix of the program.
+
+    Classification: integer labels 0..C−1. Two classes give C = 1 output with targets ±1
+    (label 1 → +1, label 0 → −1); more give one-hot rows. Regression: [n] or [n, C] floats.
+
+    Returns:
+        (targets [n, C] float64, number of classes; 0 for regression).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}; got {task!r}")
+    y = np.asarray(y)
+    if y.shape[:1] != (n,):
+        raise ValueError(f"{name} has {y.shape[0] if y.ndim else 0} rows but x has {n}")
+    if not np.issubdtype(y.dtype, np.number) or not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} must hold finite numbers")
+    if task == "regression":
+        if y.ndim not in (1, 2):
+            raise ValueError(f"{name} must be [n] or [n, C] for regression; got shape {y.shape}")
+        return (y.reshape(n, -1).astype(np.float64), 0)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class labels; got shape {y.shape}")
+    labels = y.astype(np.int64)
+    if np.any(labels != y) or labels.min() < 0:
+        raise ValueError(f"{name} must hold integer class labels 0..C-1")
+    num_classes = int(labels.max()) + 1
+    if np.unique(labels).size < 2:
+        raise ValueError(f"{name} holds a single class ({labels[0]}); need at least two")
+    if num_classes == 2:
+        return (2.0 * labels - 1.0).reshape(n, 1), 2
+    return np.eye(num_classes)[labels], num_classes
+
+
+def check_gates(gates, dim: int, patterns: int) -> np.ndarray:
+    """Checks user-given gates: a finite [d, P] matrix (d counts the intercept column)."""
+    gates = np.asarray(gates)
+    if gates.shape != (dim, patterns):
+        raise ValueError(f"gates must have shape [d, P] = {(dim, patterns)}; got {gates.shape}")
+    if not np.all(np.isfinite(gates)):
+        raise ValueError("gates contain NaN or Inf values")
+    return gates
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def sample_gates(key: jax.Array, dim: int, patterns: int, dtype=jnp.float32) -> jax.Array:
+    """Gates Γ: [dim, patterns], i.i.d. N(0, 1) from ``key``."""
+    return jax.random.normal(key, (dim, patterns), dtype)
+
+
+def activation_patterns(x: jax.Array, gates: jax.Array) -> jax.Array:
+    """Masks M = 1[XΓ ≥ 0]: [n, P] as 0/1 in x's dtype (ties count as active)."""
+    return (x @ gates >= 0).astype(x.dtype)
+
+
+@jax.jit
+def make_problem(x: jax.Array, masks: jax.Array, targets: jax.Array, beta) -> Problem:
+    """Normalises X by its spectral norm, equilibrates the cone rows, eigendecomposes GᵀG."""
+    top = jnp.maximum(jnp.linalg.eigvalsh(x.T @ x)[-1], jnp.finfo(x.dtype).tiny)
+    scale = jnp.sqrt(top)
+    x = x / scale
+    row_norms = jnp.linalg.norm(x, axis=1)
+    mean_norm = jnp.linalg.norm(x) / jnp.sqrt(x.shape[0])
+    row_weights = jnp.where(row_norms > 0, mean_norm / jnp.where(row_norms > 0, row_norms, 1.0), 0.0)
+    xw = x * row_weights[:, None]
+    eigvals, eigvecs = jnp.linalg.eigh(xw.T @ xw)
+    return Problem(
+        x=x,
+        masks=masks,
+        targets=targets,
+        gram_eigvals=jnp.clip(eigvals, 0.0, None),
+        gram_eigvecs=eigvecs,
+        row_weights=row_weights,
+        scale=scale,
+        beta=jnp.asarray(beta, x.dtype) / scale,
+    )
+
+
+# ----------------------------------------------------------------------------- operators
+
+
+def pattern_sum(problem: Problem, z: jax.Array) -> jax.Array:
+    """Σ_i D_i X z_i: [d, P, C] → [n, C]."""
+    xz = jnp.einsum("nd,dpc->npc", problem.x, z)
+    return jnp.einsum("np,npc->nc", problem.masks, xz)
+
+
+def pattern_sum_t(problem: Problem, r: jax.Array) -> jax.Array:
+    """The adjoint of ``pattern_sum``: (Xᵀ D_i r)_i: [n, C] → [d, P, C]."""
+    masked = problem.masks[:, :, None] * r[:, None, :]
+    return jnp.einsum("nd,npc->dpc", problem.x, masked)
+
+
+def apply_F(problem: Problem, u: jax.Array) -> jax.Array:
+    """F u: [H, d, P, C] → [n, C] (the convex model's training-set output)."""
+    return pattern_sum(problem, jnp.tensordot(half_signs(u.shape[0], u.dtype), u, axes=1))
+
+
+def apply_Ft(problem: Problem, r: jax.Array, num_halves: int) -> jax.Array:
+    """Fᵀ r: [n, C] → [H, d, P, C]."""
+    signs = half_signs(num_halves, r.dtype)
+    return signs[:, None, None, None] * pattern_sum_t(problem, r)[None]
+
+
+def cone_signs(problem: Problem) -> jax.Array:
+    """Ω E = diag(ω)(2M − 1): [n, P]."""
+    return (2.0 * problem.masks - 1.0) * problem.row_weights[:, None]
+
+
+def apply_G(problem: Problem, u: jax.Array) -> jax.Array:
+    """G u = E ∘ (Ω X u_h): [H, d, P, C] → [H, n, P, C]."""
+    return cone_signs(problem)[None, :, :, None] * jnp.einsum("nd,hdpc->hnpc", problem.x, u)
+
+
+def apply_Gt(problem: Problem, s: jax.Array) -> jax.Array:
+    """Gᵀ s = XᵀΩ(E ∘ s_h): [H, n, P, C] → [H, d, P, C]."""
+    return jnp.einsum("nd,hnpc->hdpc", problem.x, cone_signs(problem)[None, :, :, None] * s)
+
+
+def gram_function(problem: Problem, z: jax.Array, fn) -> jax.Array:
+    """f(K) z for a scalar function f, K = X̂ᵀΩ²X̂ (GᵀG = I ⊗ K), applied along the d axis.
+
+    ``z`` has shape [..., d, P, C]; f acts as Q diag(f(k)) Qᵀ with K = Q diag(k) Qᵀ.
+    """
+    q = problem.gram_eigvecs
+    coeffs = jnp.einsum("de,...dpc->...epc", q, z)
+    coeffs = fn(problem.gram_eigvals)[:, None, None] * coeffs
+    return jnp.einsum("de,...epc->...dpc", q, coeffs)
