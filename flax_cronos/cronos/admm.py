@@ -1,38 +1,43 @@
 """CRONOS: ADMM with Nyström-preconditioned CG for the convex two-layer ReLU program.
 
-Splitting (cronos.md §2.1), on the normalised data of ``problem.py``:
+On the normalised data of ``problem.py``, with K = K_1 × … the activation cones
+(v_ic ∈ K_i ⟺ (2D_i − I) X v_ic ≥ 0; no cones for gated_relu), the splitting is
 
-    min ½‖Fu − Y‖² + β‖v‖_{2,1} + I_{≥0}(s)   s.t.  u = v,  Gu = s.
+    min ½‖Fu − Y‖² + β‖v‖_{2,1} + I_K(v)   s.t.  u = v.
 
-Scaled ADMM with penalty ρ and scaled duals λ (for u − v) and ν (for Gu − s):
+Scaled ADMM with penalty ρ and scaled dual λ:
 
-    u ← solve (I + ρ⁻¹FᵀF + GᵀG) u = ρ⁻¹FᵀY + v − λ + Gᵀ(s − ν)
-    v ← group soft-threshold(û + λ, β/ρ)     one group per (half, pattern, class), over d
-    s ← max(Ĝu + ν, 0)
-    λ ← λ + û − v,    ν ← ν + Ĝu − s
+    u ← solve (I + ρ⁻¹FᵀF) u = ρ⁻¹FᵀY + v − λ                       (Nyström PCG)
+    v ← prox(û + λ):  z ↦ (1 − (β/ρ)/‖Π_K z‖)₊ Π_K z   per group     (exact, cone.py)
+    λ ← λ + û − v
 
-with over-relaxation û = αu + (1 − α)v_prev, Ĝu = αGu + (1 − α)s_prev, α = 1.6.
+with over-relaxation û = αu + (1 − α)v_prev, α = 1.6 (Boyd et al. 2011, §3.4.3). The prox of
+β‖·‖₂ + I_K for a convex cone K is the shrunk projection (maximise ⟨e, z⟩ over unit e ∈ K).
+This replaces the paper's slack splitting Gu = s: with s the ADMM needed thousands of
+iterations to get within 1e-2 of the optimum (see docs/benchmarks.md); with exact cone
+projections it converges like the unconstrained gated problem.
 
-The u-system splits exactly. FᵀF only sees Δ = v − w, and GᵀG = I ⊗ K with K = X̂ᵀX̂, so with
-Σ = v + w and H the pattern Gram operator (H z = Σ_j Xᵀ D_i D_j X z_j):
-
-    (I + K) Σ = b_v + b_w                 closed form from eig(K)
-    (I + K + (2/ρ) H) Δ = b_v − b_w       whitened by L = (I + K)^{1/2}:
-    (I + (2/ρ) H̃) z = L⁻¹(b_v − b_w),    Δ = L⁻¹z,  H̃ = L⁻¹ H L⁻¹,
-
-and ‖H̃‖ ≤ P whatever the data, so the condition number is at most 1 + 2P/ρ. PCG solves the
-z-system with a Nyström sketch of H̃, which does not depend on ρ: ρ adapts at no cost.
-gated_relu has no G: its system is (I + ρ⁻¹H) u = ρ⁻¹FᵀY + v − λ (L = I).
+The u-system: FᵀF only sees Δ = Σ_h σ_h u_h (v − w for relu), so for relu Σ = v + w is just
+b_v + b_w and (I + (2/ρ) H) Δ = b_v − b_w; gated_relu solves (I + ρ⁻¹H) u = b. H is the pattern
+Gram operator (H z)_i = Xᵀ D_i Σ_j D_j X z_j, with ‖H‖ ≤ P on normalised data. PCG uses a
+Nyström sketch of H, which depends on neither ρ nor β (warm starts across a β path reuse it).
 
 Inexact solves: PCG stops at ‖r‖ ≤ η_k ‖rhs‖, η_k = min(0.1 (1+k)^{-1.2}, 0.1 · ADMM residual)
-(a summable forcing sequence, tightened as ADMM converges), warm-started from the last z.
+(a summable forcing sequence, tightened as ADMM converges), warm-started from the last u.
 
-Stopping (Boyd et al. 2011, §3.3): the primal residual ‖(u − v, Gu − s)‖ relative to the
-iterates and the dual residual ρ‖(Δv, Δs)‖ relative to ρ‖(λ, ν)‖ both fall below ``tol``.
-Residual balancing (OSQP's rule) when ρ is not fixed: every ``ADAPT_EVERY`` iterations
-ρ ← ρ·√(primal / dual) if that factor exceeds 5 either way; the scaled duals follow.
+Because v is always feasible (exact projections), its objective is an upper bound, and a
+dual-feasible point built from its residual gives a lower bound: ADMM stops when the relative
+duality gap is ≤ ``tol`` (checked every ``GAP_EVERY`` iterations) — a certificate, unlike the
+primal residual ‖u − v‖ and dual residual ρ‖v − v_prev‖, which are reported only (relative to
+max(‖u‖, ‖v‖) and max(ρ‖λ‖, ‖FᵀY‖); Boyd et al. 2011, §3.3).
+
+ρ: ADMM's speed here depends on ρ by orders of magnitude, and in the wrong direction for
+residual balancing (balanced residuals sat at ρ ≈ 1 where convergence stalls). ``default_rho``
+sets ρ from β relative to the β that zeroes the solution; ``docs/benchmarks.md`` has the
+measurements.
 """
 
+import dataclasses
 import dataclasses
 import enum
 import functools
@@ -43,16 +48,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_cronos.cronos import problem as pb
+from flax_cronos.cronos import cone, problem as pb
 from flax_cronos.cronos.network import ConvexParams, with_intercept
 from flax_cronos.cronos.nystrom import NystromApprox, apply_inverse_preconditioner, nystrom
 from flax_cronos.cronos.pcg import pcg
 
-ADAPT_EVERY = 10
-ADAPT_FACTOR = 5.0
-RHO_RANGE = (1e-6, 1e6)
-RELAXATION = 1.6   # over-relaxation α (Boyd et al. 2011, §3.4.3)
-CHUNK = 50          # ADMM iterations per device call between progress reports
+RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
+CHUNK = 50              # ADMM iterations per device call between progress reports
+GAP_EVERY = 10          # ADMM iterations between duality-gap checks
+PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
+MAX_ACTIVE = 256        # active constraints a cone projection can hold per group
+RHO_SCALE = 0.5         # ρ = RHO_SCALE √(β / β̄), see default_rho
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +71,12 @@ class CronosConfig:
         activation: "relu" (cone-constrained, the paper's) or "gated_relu".
         task: "classification" (labels 0..C−1) or "regression".
         intercept: append a constant-1 feature (its weights are penalised like the others).
-        rho: None adapts ρ by residual balancing from 1; a number fixes ρ. ρ refers to the
-            normalised program (features scaled to ‖X‖₂ = 1).
+        rho: ADMM penalty for the normalised program (features scaled to ‖X‖₂ = 1); None
+            chooses it from the data (``default_rho``).
         rank: Nyström sketch rank.
         max_iters: ADMM iteration cap.
-        tol: relative primal and dual residual tolerance.
+        tol: relative duality gap at which the solve stops (a certificate: the objective is
+            then within tol of the optimum, up to the cone projections' tolerance).
         pcg_max_iters: PCG iteration cap per ADMM iteration.
         dtype: "float32" or "float64" (float64 needs ``jax_enable_x64``).
     """
@@ -116,16 +123,19 @@ class SolveStatus(enum.IntEnum):
 
 
 class Stats(NamedTuple):
-    """Diagnostics of a solve (Python scalars). Objective = loss + penalty, as in DESIGN.md."""
+    """Diagnostics of a solve (Python scalars). Objective = loss + penalty, as in DESIGN.md;
+    duality_gap is (objective − dual bound) / objective, a certificate of optimality."""
 
     objective: float
     loss: float
     penalty: float
     constraint_violation: float
+    duality_gap: float
     primal_residual: float
     dual_residual: float
     iterations: int
     pcg_iterations: int
+    projection_iterations: int
     rho: float
     seconds: float
 
@@ -139,110 +149,135 @@ class Solution(NamedTuple):
 class AdmmState(NamedTuple):
     """ADMM iterates on the normalised program (a pytree).
 
-    u, v, lam: [H, d, P, C]; s, nu: [H, n, P, C] (None for gated_relu); z: [d, P, C], the
-    whitened PCG unknown kept for warm starts; residuals are relative (see module docstring).
+    u, v, lam: [H, d, P, C]; active, dual_active: warm starts of the cone projections in the
+    prox and in the duality gap (None for gated_relu); residuals and the duality gap are
+    relative (see module docstring).
     """
 
     u: jax.Array
     v: jax.Array
     lam: jax.Array
-    s: Optional[jax.Array]
-    nu: Optional[jax.Array]
-    z: jax.Array
+    active: Optional[cone.ActiveSet]
+    dual_active: Optional[cone.ActiveSet]
     rho: jax.Array
     iteration: jax.Array
     pcg_iterations: jax.Array
+    projection_iterations: jax.Array
     primal_residual: jax.Array
     dual_residual: jax.Array
+    gap: jax.Array
 
 
 class Settings(NamedTuple):
     """The static part of a config: what changes the compiled step."""
 
     activation: str
-    adapt_rho: bool
     pcg_max_iters: int
 
 
 def settings_of(config: CronosConfig) -> Settings:
-    return Settings(config.activation, config.rho is None, config.pcg_max_iters)
+    return Settings(config.activation, config.pcg_max_iters)
 
 
-# ----------------------------------------------------------------------------- the u-system
+# ----------------------------------------------------------------------------- the u-step
 
 
-def _whiten(problem: pb.Problem, z: jax.Array, activation: str) -> jax.Array:
-    """L⁻¹ z with L = (I + K)^{1/2} for relu; the identity for gated_relu."""
-    if activation == "gated_relu":
-        return z
-    return pb.gram_function(problem, z, lambda k: jax.lax.rsqrt(1.0 + k))
-
-
-def whitened_pattern_gram(problem: pb.Problem, z: jax.Array, activation: str) -> jax.Array:
-    """H̃ z = L⁻¹ H L⁻¹ z: [d, P, k] → [d, P, k]."""
-    inner = _whiten(problem, z, activation)
-    return _whiten(problem, pb.pattern_sum_t(problem, pb.pattern_sum(problem, inner)), activation)
+def pattern_gram(problem: pb.Problem, z: jax.Array) -> jax.Array:
+    """H z = (Xᵀ D_i Σ_j D_j X z_j)_i: [d, P, k] → [d, P, k]."""
+    return pb.pattern_sum_t(problem, pb.pattern_sum(problem, z))
 
 
 def _system_weight(activation: str, rho: jax.Array) -> jax.Array:
-    """α in (I + α H̃): 2/ρ for relu (Δ = v − w doubles FᵀF), 1/ρ for gated_relu."""
+    """α in (I + α H): 2/ρ for relu (FᵀF on Δ = v − w counts twice), 1/ρ for gated_relu."""
     return (2.0 if activation == "relu" else 1.0) / rho
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "rank"))
-def sketch_preconditioner(problem: pb.Problem, key: jax.Array, activation: str,
-                          rank: int) -> NystromApprox:
-    """Nyström sketch of H̃ (independent of ρ and of the targets)."""
+@functools.partial(jax.jit, static_argnames=("rank",))
+def sketch_preconditioner(problem: pb.Problem, key: jax.Array, rank: int) -> NystromApprox:
+    """Nyström sketch of H (independent of ρ, β and the targets)."""
     dim, patterns = problem.x.shape[1], problem.masks.shape[1]
     size = dim * patterns
 
     def matmat(omega):
-        block = omega.reshape(dim, patterns, -1)
-        return whitened_pattern_gram(problem, block, activation).reshape(size, -1)
+        return pattern_gram(problem, omega.reshape(dim, patterns, -1)).reshape(size, -1)
 
     return nystrom(matmat, size, rank, key, problem.x.dtype)
 
 
-def solve_u(problem: pb.Problem, precond: NystromApprox, rhs: jax.Array, z0: jax.Array,
+def solve_u(problem: pb.Problem, precond: NystromApprox, rhs: jax.Array, u0: jax.Array,
             rho: jax.Array, forcing: jax.Array, settings: Settings):
-    """Solves (I + ρ⁻¹FᵀF + GᵀG) u = rhs (no G for gated_relu). Returns (u, z, PCG iterations)."""
-    activation = settings.activation
-    if activation == "relu":
-        total = pb.gram_function(problem, rhs[0] + rhs[1], lambda k: 1.0 / (1.0 + k))
-        white_rhs = _whiten(problem, rhs[0] - rhs[1], activation)
-    else:
-        white_rhs = rhs[0]
-    alpha = _system_weight(activation, rho)
-    shape = white_rhs.shape
+    """Solves (I + ρ⁻¹FᵀF) u = rhs, warm-started at u0. Returns (u, PCG iterations)."""
+    signs = pb.half_signs(rhs.shape[0], rhs.dtype)[:, None, None, None]
+    halves = rhs.shape[0]
+    combined = jnp.sum(signs * rhs, axis=0)               # b_v − b_w (relu) or b (gated)
+    alpha = _system_weight(settings.activation, rho)
+    shape = combined.shape
 
     def matvec(z):
-        return z + alpha * whitened_pattern_gram(problem, z, activation)
+        return z + alpha * pattern_gram(problem, z)
 
     def precondition(r):
         flat = apply_inverse_preconditioner(precond, r.reshape(-1, shape[-1]), alpha)
         return flat.reshape(shape)
 
-    tol = forcing * jnp.sqrt(jnp.sum(white_rhs**2, axis=(0, 1)))
-    result = pcg(matvec, white_rhs, z0, precondition, tol, settings.pcg_max_iters)
-    if activation == "relu":
-        delta = _whiten(problem, result.x, activation)
-        u = jnp.stack([0.5 * (total + delta), 0.5 * (total - delta)])
+    tol = forcing * jnp.sqrt(jnp.sum(combined**2, axis=(0, 1)))
+    start = jnp.sum(signs * u0, axis=0)
+    result = pcg(matvec, combined, start, precondition, tol, settings.pcg_max_iters)
+    if halves == 2:
+        total = rhs[0] + rhs[1]                            # (I) Σ = b_v + b_w
+        u = jnp.stack([0.5 * (total + result.x), 0.5 * (total - result.x)])
     else:
         u = result.x[None]
-    return u, result.x, result.iterations
+    return u, result.iterations
+
+
+# ----------------------------------------------------------------------------- the v-step
+
+
+def _groups(z: jax.Array) -> jax.Array:
+    """[H, d, P, C] → [H·P·C, d] (one row per group)."""
+    return jnp.moveaxis(z, 1, -1).reshape(-1, z.shape[1])
+
+
+def _ungroup(rows: jax.Array, shape) -> jax.Array:
+    """Inverse of ``_groups``."""
+    halves, dim, patterns, outputs = shape
+    return jnp.moveaxis(rows.reshape(halves, patterns, outputs, dim), -1, 1)
+
+
+def group_pattern_index(shape) -> jax.Array:
+    """[H·P·C] the pattern of each group in ``_groups`` order."""
+    halves, _, patterns, outputs = shape
+    return jnp.broadcast_to(jnp.arange(patterns)[:, None], (halves, patterns, outputs)).reshape(-1)
+
+
+def projection_tolerance(dtype) -> float:
+    return 0.01 * float(np.sqrt(np.finfo(dtype).eps))
+
+
+def prox(problem: pb.Problem, z: jax.Array, threshold: jax.Array,
+         active: Optional[cone.ActiveSet]):
+    """prox of threshold·‖·‖_{2,1} + I_K: shrinks the cone projection of every group.
+
+    Returns (v [H, d, P, C], updated active sets, projection iterations).
+    """
+    rows = _groups(z)
+    iterations = jnp.asarray(0)
+    if active is not None:
+        projection = cone.project(problem.x, pb.cone_signs(problem), group_pattern_index(z.shape),
+                                  rows, active, projection_tolerance(z.dtype),
+                                  max_iters=PROJECTION_ITERS)
+        rows, active, iterations = projection.point, projection.active, projection.iterations
+    norms = jnp.sqrt(jnp.sum(rows**2, axis=1, keepdims=True))
+    shrunk = rows * (1.0 - threshold / jnp.maximum(norms, threshold))
+    return _ungroup(shrunk, z.shape), active, iterations
 
 
 # ----------------------------------------------------------------------------- one ADMM step
 
 
-def group_soft_threshold(z: jax.Array, threshold: jax.Array) -> jax.Array:
-    """prox of threshold·Σ‖z_g‖₂ with groups along axis 1: z_g (1 − t/max(t, ‖z_g‖))."""
-    norms = jnp.sqrt(jnp.sum(z**2, axis=1, keepdims=True))
-    return z * (1.0 - threshold / jnp.maximum(norms, threshold))
-
-
-def _norm(*arrays) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(a**2) for a in arrays if a is not None))
+def _norm(array: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(array**2))
 
 
 def _forcing(state: AdmmState) -> jax.Array:
@@ -255,51 +290,56 @@ def _forcing(state: AdmmState) -> jax.Array:
 def admm_step(problem: pb.Problem, precond: NystromApprox, ft_y: jax.Array, state: AdmmState,
               settings: Settings) -> AdmmState:
     """One CRONOS iteration (pure; jits). ``ft_y`` is FᵀY: [H, d, P, C]."""
-    relu = settings.activation == "relu"
     rho = state.rho
     rhs = ft_y / rho + state.v - state.lam
-    if relu:
-        rhs = rhs + pb.apply_Gt(problem, state.s - state.nu)
-    u, z, pcg_iters = solve_u(problem, precond, rhs, state.z, rho, _forcing(state), settings)
-
-    relaxed_u = RELAXATION * u + (1 - RELAXATION) * state.v
-    v = group_soft_threshold(relaxed_u + state.lam, problem.beta / rho)
-    lam = state.lam + relaxed_u - v
-    s = nu = gu = None
-    if relu:
-        gu = pb.apply_G(problem, u)
-        relaxed_gu = RELAXATION * gu + (1 - RELAXATION) * state.s
-        s = jnp.maximum(relaxed_gu + state.nu, 0.0)
-        nu = state.nu + relaxed_gu - s
+    u, pcg_iters = solve_u(problem, precond, rhs, state.u, rho, _forcing(state), settings)
+    relaxed = RELAXATION * u + (1 - RELAXATION) * state.v
+    v, active, projection_iters = prox(problem, relaxed + state.lam, problem.beta / rho,
+                                       state.active)
+    lam = state.lam + relaxed - v
 
     tiny = jnp.finfo(u.dtype).tiny
-    primal = _norm(u - v, None if gu is None else gu - s)
-    primal_scale = jnp.maximum(_norm(u, gu), _norm(v, s))
-    dual = rho * _norm(v - state.v, None if s is None else s - state.s)
-    dual_scale = rho * _norm(lam, nu)
-    primal_rel = primal / jnp.maximum(primal_scale, tiny)
-    dual_rel = dual / jnp.maximum(dual_scale, tiny)
-
-    state = AdmmState(u, v, lam, s, nu, z, rho, state.iteration + 1,
-                      state.pcg_iterations + pcg_iters, primal_rel, dual_rel)
-    if settings.adapt_rho:
-        state = _balance_residuals(state)
+    primal = _norm(u - v) / jnp.maximum(jnp.maximum(_norm(u), _norm(v)), tiny)
+    dual = rho * _norm(v - state.v) / jnp.maximum(jnp.maximum(rho * _norm(lam), _norm(ft_y)), tiny)
+    state = state._replace(u=u, v=v, lam=lam, active=active, iteration=state.iteration + 1,
+                           pcg_iterations=state.pcg_iterations + pcg_iters,
+                           projection_iterations=state.projection_iterations + projection_iters,
+                           primal_residual=primal, dual_residual=dual)
     return state
 
 
-def _balance_residuals(state: AdmmState) -> AdmmState:
-    """Residual balancing: rescales ρ (and the scaled duals) towards equal relative residuals."""
-    ratio = state.primal_residual / jnp.maximum(state.dual_residual, jnp.finfo(state.u.dtype).tiny)
-    factor = jnp.sqrt(jnp.clip(ratio, 1e-12, 1e12))
-    due = (state.iteration % ADAPT_EVERY == 0) & ((factor > ADAPT_FACTOR) | (factor < 1 / ADAPT_FACTOR))
-    new_rho = jnp.where(due, jnp.clip(state.rho * factor, *RHO_RANGE), state.rho)
-    shrink = state.rho / new_rho
-    return state._replace(rho=new_rho, lam=state.lam * shrink,
-                          nu=None if state.nu is None else state.nu * shrink)
+def duality_gap(problem: pb.Problem, v: jax.Array, dual_active: Optional[cone.ActiveSet]):
+    """Relative duality gap of a feasible v, and the updated warm start of its projections.
+
+    The dual of min_v ½‖Σ_g A_g v_g − Y‖² + β Σ_g ‖v_g‖ s.t. v_g ∈ K_g (A_g = ±D_iX) is
+    max_θ ⟨θ, Y⟩ − ½‖θ‖² s.t. ‖Π_{K_g}(A_gᵀθ)‖ ≤ β for every group (Moreau: the support
+    function of K ∩ unit ball is ‖Π_K(·)‖). The residual θ₀ = Y − Fv, scaled per output c by
+    s_c = min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀)‖), is dual feasible; (P(v) − D(θ)) / P(v) bounds
+    the relative distance of the objective from the optimum.
+    """
+    residual = problem.targets - pb.apply_F(problem, v)                      # [n, C]
+    correlations = pb.apply_Ft(problem, residual, v.shape[0])                # [H, d, P, C]
+    rows = _groups(correlations)
+    if dual_active is not None:
+        projection = cone.project(problem.x, pb.cone_signs(problem), group_pattern_index(v.shape),
+                                  rows, dual_active, projection_tolerance(v.dtype),
+                                  max_iters=PROJECTION_ITERS)
+        rows, dual_active = projection.point, projection.active
+    outputs = v.shape[-1]
+    worst = jnp.max(jnp.linalg.norm(rows, axis=1).reshape(-1, outputs), axis=0)   # [C]
+    scale = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, jnp.finfo(v.dtype).tiny))
+    dual = jnp.sum(scale * jnp.sum(residual * problem.targets, axis=0)
+                   - 0.5 * scale**2 * jnp.sum(residual**2, axis=0))
+    primal = 0.5 * jnp.sum(residual**2) + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
+    gap = jnp.maximum(primal - dual, 0.0) / jnp.maximum(primal, jnp.finfo(v.dtype).tiny)
+    return gap, dual_active
+
+
+_final_gap = jax.jit(duality_gap)
 
 
 def converged(state: AdmmState, tol) -> jax.Array:
-    return (state.primal_residual <= tol) & (state.dual_residual <= tol)
+    return state.gap <= tol
 
 
 def finite(state: AdmmState) -> jax.Array:
@@ -315,23 +355,49 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
     def cond(st):
         return (st.iteration < stop_at) & ~converged(st, tol) & finite(st)
 
-    return jax.lax.while_loop(cond, lambda st: admm_step(problem, precond, ft_y, st, settings),
-                              state)
+    def body(st):
+        st = admm_step(problem, precond, ft_y, st, settings)
+
+        def with_gap(st):
+            gap, dual_active = duality_gap(problem, st.v, st.dual_active)
+            return st._replace(gap=gap, dual_active=dual_active)
+
+        return jax.lax.cond(st.iteration % GAP_EVERY == 0, with_gap, lambda st: st, st)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+
+
+
+
+@functools.partial(jax.jit, static_argnames=("activation",))
+def default_rho(problem: pb.Problem, activation: str) -> jax.Array:
+    """ρ = ½ √(β / β̄), clipped to [1e-3, 1]: β̄ = max_g ‖A_gᵀY‖ bounds the β that zeroes the
+    solution. Measured on normalised data: strong regularisation wants a large ρ (≈ 0.1–1),
+    weak regularisation a small one (≈ 1e-2); residual balancing picked the wrong end."""
+    correlations = pb.apply_Ft(problem, problem.targets, pb.halves(activation))
+    ceiling = jnp.max(jnp.sqrt(jnp.sum(correlations**2, axis=1)))
+    ratio = problem.beta / jnp.maximum(ceiling, jnp.finfo(problem.x.dtype).tiny)
+    return jnp.clip(RHO_SCALE * jnp.sqrt(ratio), 1e-3, 1.0)
 
 
 def init_state(problem: pb.Problem, config: CronosConfig) -> AdmmState:
-    """Zero iterates, ρ from the config (1 when adaptive), residuals at the largest float."""
+    """Zero iterates, ρ from the config or ``default_rho``, residuals at the largest float."""
     n, dim = problem.x.shape
     patterns, outputs = problem.masks.shape[1], problem.targets.shape[1]
     halves = pb.halves(config.activation)
     dtype = problem.x.dtype
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
-    slack = jnp.zeros((halves, n, patterns, outputs), dtype) if config.activation == "relu" else None
+    active = None
+    if config.activation == "relu":
+        active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, MAX_ACTIVE))
     unknown = jnp.asarray(jnp.finfo(dtype).max, dtype)
-    return AdmmState(u=weights, v=weights, lam=weights, s=slack, nu=slack,
-                     z=jnp.zeros((dim, patterns, outputs), dtype),
-                     rho=jnp.asarray(1.0 if config.rho is None else config.rho, dtype),
+    rho = default_rho(problem, config.activation) if config.rho is None else config.rho
+    return AdmmState(u=weights, v=weights, lam=weights, active=active, dual_active=active,
+                     gap=unknown, rho=jnp.asarray(rho, dtype),
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
+                     projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown)
 
 
@@ -371,7 +437,7 @@ def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None):
         gates = jnp.asarray(pb.check_gates(gates, x.shape[1], config.patterns), dtype)
     masks = pb.activation_patterns(x, gates)
     problem = pb.make_problem(x, masks, jnp.asarray(targets, dtype), config.beta)
-    precond = sketch_preconditioner(problem, sketch_key, config.activation, config.rank)
+    precond = sketch_preconditioner(problem, sketch_key, config.rank)
     return problem, precond, gates
 
 
@@ -400,22 +466,24 @@ def iterate(problem: pb.Problem, precond: NystromApprox, state: AdmmState, confi
 def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: CronosConfig,
            seconds: float) -> Solution:
     """Maps the group-sparse iterate v back to the original scale, with its statistics."""
-    if not bool(finite(state)):
+    loss, penalty, violation = (float(t) for t in objective_terms(problem, state.v))
+    gap = float(_final_gap(problem, state.v, state.dual_active)[0])
+    if not (bool(finite(state)) and np.isfinite(gap)):
         status = SolveStatus.NONFINITE
-    elif bool(converged(state, config.tol)):
+    elif gap <= config.tol:
         status = SolveStatus.CONVERGED
     else:
         status = SolveStatus.MAX_ITERATIONS
-    loss, penalty, violation = (float(t) for t in objective_terms(problem, state.v))
     weights = jnp.moveaxis(state.v / problem.scale, 2, 1)          # [H, P, d, C]
     relu = config.activation == "relu"
     params = ConvexParams(gates=gates, v=weights[0], w=weights[1] if relu else None,
                           intercept=config.intercept)
     stats = Stats(objective=loss + penalty, loss=loss, penalty=penalty,
-                  constraint_violation=violation,
+                  constraint_violation=violation, duality_gap=gap,
                   primal_residual=float(state.primal_residual),
                   dual_residual=float(state.dual_residual),
                   iterations=int(state.iteration), pcg_iterations=int(state.pcg_iterations),
+                  projection_iterations=int(state.projection_iterations),
                   rho=float(state.rho), seconds=seconds)
     return Solution(params, stats, status)
 

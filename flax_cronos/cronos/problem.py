@@ -8,15 +8,12 @@ Operators (never materialised; each is one or two GEMMs with X):
 
 - F u    = Σ_i D_i X (Σ_h σ_h u_h)_i           → [n, C]      (σ = (+1, −1) or (+1,))
 - Fᵀ r   = σ_h ⊗ Xᵀ(M ∘ r)                      → [H, d, P, C]
-- G u    = E ∘ (Ω X u_h)                        → [H, n, P, C] (relu only)
-- Gᵀ s   = Xᵀ Ω (E ∘ s_h)                       → [H, d, P, C]
-- GᵀG u  = (XᵀΩ²X) u_h, because E_i² = I.
+- G u    = E ∘ (X u_h)                          → [H, n, P, C] (relu only: Gu ≥ 0 are the cones)
+- Gᵀ s   = Xᵀ(E ∘ s_h)                          → [H, d, P, C]
+- FᵀF    acts on Σ_h σ_h u_h only, as H z = (Xᵀ D_i Σ_j D_j X z_j)_i.
 
 The solver works on X̂ = X / σ with σ = ‖X‖₂ (so ‖X̂‖₂ = 1). The program on (X̂, β/σ) has the
 solution σ·u: every statistic is unchanged, and the data scale no longer matters to ADMM.
-The cone constraints E_i X v_i ≥ 0 are row-equilibrated: Ω = diag(ω) scales every row of X̂ to
-the mean row norm (ω_j = ‖X̂‖_F / (√n ‖x̂_j‖)). Positive row scales leave the feasible set as it
-is, and equal rows make ADMM's single penalty fit every constraint alike.
 """
 
 from typing import NamedTuple
@@ -46,9 +43,6 @@ class Problem(NamedTuple):
         x: [n, d] features divided by ``scale`` (intercept column already appended).
         masks: [n, P] activation patterns 1[XΓ ≥ 0] as 0/1 floats.
         targets: [n, C] encoded targets.
-        gram_eigvals: [d] eigenvalues of K = X̂ᵀΩ²X̂ (GᵀG per block; ascending, clipped at 0).
-        gram_eigvecs: [d, d] the matching orthonormal eigenvectors.
-        row_weights: [n] ω, the cone-row equilibration.
         scale: σ = ‖X‖₂ of the un-normalised features.
         beta: β/σ, the group-lasso weight of the normalised program.
     """
@@ -56,9 +50,6 @@ class Problem(NamedTuple):
     x: jax.Array
     masks: jax.Array
     targets: jax.Array
-    gram_eigvals: jax.Array
-    gram_eigvecs: jax.Array
-    row_weights: jax.Array
     scale: jax.Array
     beta: jax.Array
 
@@ -139,25 +130,11 @@ def activation_patterns(x: jax.Array, gates: jax.Array) -> jax.Array:
 
 @jax.jit
 def make_problem(x: jax.Array, masks: jax.Array, targets: jax.Array, beta) -> Problem:
-    """Normalises X by its spectral norm, equilibrates the cone rows, eigendecomposes GᵀG."""
+    """Normalises X by its spectral norm σ (and β by σ)."""
     top = jnp.maximum(jnp.linalg.eigvalsh(x.T @ x)[-1], jnp.finfo(x.dtype).tiny)
     scale = jnp.sqrt(top)
-    x = x / scale
-    row_norms = jnp.linalg.norm(x, axis=1)
-    mean_norm = jnp.linalg.norm(x) / jnp.sqrt(x.shape[0])
-    row_weights = jnp.where(row_norms > 0, mean_norm / jnp.where(row_norms > 0, row_norms, 1.0), 0.0)
-    xw = x * row_weights[:, None]
-    eigvals, eigvecs = jnp.linalg.eigh(xw.T @ xw)
-    return Problem(
-        x=x,
-        masks=masks,
-        targets=targets,
-        gram_eigvals=jnp.clip(eigvals, 0.0, None),
-        gram_eigvecs=eigvecs,
-        row_weights=row_weights,
-        scale=scale,
-        beta=jnp.asarray(beta, x.dtype) / scale,
-    )
+    return Problem(x=x / scale, masks=masks, targets=targets, scale=scale,
+                   beta=jnp.asarray(beta, x.dtype) / scale)
 
 
 # ----------------------------------------------------------------------------- operators
@@ -187,26 +164,15 @@ def apply_Ft(problem: Problem, r: jax.Array, num_halves: int) -> jax.Array:
 
 
 def cone_signs(problem: Problem) -> jax.Array:
-    """Ω E = diag(ω)(2M − 1): [n, P]."""
-    return (2.0 * problem.masks - 1.0) * problem.row_weights[:, None]
+    """E = 2M − 1: [n, P]."""
+    return 2.0 * problem.masks - 1.0
 
 
 def apply_G(problem: Problem, u: jax.Array) -> jax.Array:
-    """G u = E ∘ (Ω X u_h): [H, d, P, C] → [H, n, P, C]."""
+    """G u = E ∘ (X u_h): [H, d, P, C] → [H, n, P, C]."""
     return cone_signs(problem)[None, :, :, None] * jnp.einsum("nd,hdpc->hnpc", problem.x, u)
 
 
 def apply_Gt(problem: Problem, s: jax.Array) -> jax.Array:
-    """Gᵀ s = XᵀΩ(E ∘ s_h): [H, n, P, C] → [H, d, P, C]."""
+    """Gᵀ s = Xᵀ(E ∘ s_h): [H, n, P, C] → [H, d, P, C]."""
     return jnp.einsum("nd,hnpc->hdpc", problem.x, cone_signs(problem)[None, :, :, None] * s)
-
-
-def gram_function(problem: Problem, z: jax.Array, fn) -> jax.Array:
-    """f(K) z for a scalar function f, K = X̂ᵀΩ²X̂ (GᵀG = I ⊗ K), applied along the d axis.
-
-    ``z`` has shape [..., d, P, C]; f acts as Q diag(f(k)) Qᵀ with K = Q diag(k) Qᵀ.
-    """
-    q = problem.gram_eigvecs
-    coeffs = jnp.einsum("de,...dpc->...epc", q, z)
-    coeffs = fn(problem.gram_eigvals)[:, None, None] * coeffs
-    return jnp.einsum("de,...epc->...dpc", q, coeffs)

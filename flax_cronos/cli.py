@@ -1,0 +1,102 @@
+"""The ``flax-cronos`` command.
+
+    flax-cronos fit-head --train train.npz [--val val.npz] --out DIR [solver options]
+    flax-cronos demo [--out DIR]      generated data, then fit-head on it
+
+Invalid input ends with a one-line message and exit code 2, never a traceback.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EXIT_USAGE = 2
+
+
+def _solver_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = _default_config()
+    parser.add_argument("--patterns", type=int, default=defaults.patterns, help="P, sampled gates")
+    parser.add_argument("--beta", type=float, default=defaults.beta, help="group-lasso weight β")
+    parser.add_argument("--rho", type=float, default=None,
+                        help="fixed ADMM penalty (normalised data); default: adaptive")
+    parser.add_argument("--rank", type=int, default=defaults.rank, help="Nyström rank")
+    parser.add_argument("--max-iters", type=int, default=defaults.max_iters)
+    parser.add_argument("--tol", type=float, default=defaults.tol, help="relative residual tolerance")
+    parser.add_argument("--seed", type=int, default=0, help="seed of gates and sketch")
+    parser.add_argument("--activation", choices=("relu", "gated_relu"), default=defaults.activation)
+    parser.add_argument("--task", choices=("classification", "regression"), default=defaults.task)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
+    parser.add_argument("--intercept", action="store_true", help="append a constant-1 feature")
+
+
+def _default_config():
+    from flax_cronos.cronos import CronosConfig
+    return CronosConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flax-cronos", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit-head", help="solve the convex head on a features file")
+    fit.add_argument("--train", required=True, type=Path, help=".npz with x [n, d] and y [n]")
+    fit.add_argument("--val", type=Path, help="validation .npz with x and y")
+    fit.add_argument("--gates", type=Path, help=".npy [d, P] gates to reuse instead of sampling")
+    fit.add_argument("--out", required=True, type=Path, help="output directory")
+    _solver_arguments(fit)
+
+    demo = commands.add_parser("demo", help="fit a head on generated data")
+    demo.add_argument("--out", type=Path, default=Path("checkpoints/demo"))
+    demo.add_argument("--n", type=int, default=4000, help="training points")
+    _solver_arguments(demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        return run_fit_head(args)
+    except (ValueError, OSError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"flax-cronos: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run_fit_head(args) -> int:
+    from flax_cronos.fit_head import fit_head, summary_line
+
+    metrics = fit_head(train=args.train, val=args.val, gates=args.gates, out=args.out,
+                       config=_config_from(args), seed=args.seed)
+    print(summary_line(metrics, args.out))
+    return 0
+
+
+def run_demo(args) -> int:
+    from flax_cronos.data.synthetic import teacher_classes
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    x, y = teacher_classes(args.n + args.n // 4, dim=16, num_classes=2, seed=args.seed)
+    split = args.n
+    np.savez(args.out / "train.npz", x=x[:split], y=y[:split])
+    np.savez(args.out / "val.npz", x=x[split:], y=y[split:])
+    args.train, args.val, args.gates = args.out / "train.npz", args.out / "val.npz", None
+    return run_fit_head(args)
+
+
+def _config_from(args):
+    from flax_cronos.cronos import CronosConfig
+
+    if args.dtype == "float64":
+        import jax
+        jax.config.update("jax_enable_x64", True)
+    return CronosConfig(patterns=args.patterns, beta=args.beta, activation=args.activation,
+                        task=args.task, intercept=args.intercept, rho=args.rho, rank=args.rank,
+                        max_iters=args.max_iters, tol=args.tol, dtype=args.dtype)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Exact projection onto the activation cones K_i = {v : (2D_i − I) X v ≥ 0}, many at once.
+
+Projecting z onto the polyhedral cone {v : A v ≥ 0} (rows a_j = e_j x_j, e_j = ±1) is dual to
+the non-negative least-squares problem
+
+    μ* = argmin_{μ ≥ 0} ½‖z + Aᵀμ‖²,     Π(z) = z + Aᵀμ*,
+
+whose optimality conditions are μ ≥ 0, AΠ(z) ≥ 0, μ_j (AΠ(z))_j = 0. It is solved by the
+Lawson–Hanson active-set method: the active set W holds the constraints with μ_j > 0; each
+iteration either adds the most violated constraint (the most negative (AΠ)_j / ‖x_j‖) or, when
+the least-squares multipliers on W turn negative, steps back to the boundary of μ ≥ 0 and drops
+the constraints that reached zero. Only |W| ≤ d rows take part in a solve, so the cost per
+iteration is one product X V (to find violations) plus small batched Cholesky solves.
+
+Consecutive ADMM iterations project nearby points, so W is kept and reused (warm start): most
+projections then end after a few iterations.
+
+All groups (half, pattern, class) are projected together; arrays carry a leading group axis G.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class ActiveSet(NamedTuple):
+    """Per group: row indices of the active constraints in ``slots`` fixed-size slots.
+
+    Attributes:
+        rows: [G, k] int32 row indices into X (meaningless where not ``used``).
+        used: [G, k] bool.
+    """
+
+    rows: jax.Array
+    used: jax.Array
+
+
+def empty_active_set(groups: int, slots: int) -> ActiveSet:
+    return ActiveSet(jnp.zeros((groups, slots), jnp.int32), jnp.zeros((groups, slots), bool))
+
+
+class Projection(NamedTuple):
+    """Attributes:
+    point: [G, d] the projections.
+    active: the final active sets (warm start for the next call).
+    iterations: Lawson–Hanson iterations run.
+    complete: [G] bool, False where the iteration cap or the slot count was reached.
+    """
+
+    point: jax.Array
+    active: ActiveSet
+    iterations: jax.Array
+    complete: jax.Array
+
+
+def _active_rows(x: jax.Array, signs: jax.Array, active: ActiveSet) -> jax.Array:
+    """[G, k, d] the rows e_j x_j of the active constraints (zeros in unused slots)."""
+    group_index = jnp.arange(active.rows.shape[0])[:, None]
+    rows = x[active.rows] * signs.T[group_index, active.rows][..., None]
+    return jnp.where(active.used[..., None], rows, 0.0)
+
+
+def _multipliers(rows: jax.Array, used: jax.Array, z: jax.Array) -> jax.Array:
+    """Least-squares multipliers on the active set: μ_W = −(A_W A_Wᵀ)⁻¹ A_W z, 0 elsewhere."""
+    gram = jnp.einsum("gkd,gld->gkl", rows, rows)
+    scale = jnp.max(jnp.diagonal(gram, axis1=1, axis2=2), axis=1)[:, None, None]
+    ridge = 10 * jnp.finfo(z.dtype).eps * jnp.maximum(scale, jnp.finfo(z.dtype).tiny)
+    both_used = used[:, :, None] & used[:, None, :]
+    eye = jnp.eye(used.shape[1], dtype=z.dtype)
+    gram = jnp.where(both_used, gram, 0.0) + eye * jnp.where(used[:, :, None], ridge, 1.0)
+    rhs = -jnp.einsum("gkd,gd->gk", rows, z)
+    factor = jnp.linalg.cholesky(gram)
+    mu = jax.scipy.linalg.cho_solve((factor, True), rhs[..., None])[..., 0]
+    return jnp.where(used, mu, 0.0)
+
+
+def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Array,
+            active: ActiveSet, tol, max_iters: int) -> Projection:
+    """Projects every z_g onto its cone {v : e_{j,p(g)} x_j·v ≥ 0 for all j}.
+
+    Args:
+        x: [n, d] rows x_j.
+        signs: [n, P] e_{j,p} = ±1 (2M − 1).
+        groups_pattern: [G] the pattern p(g) of each group.
+        z: [G, d] points to project.
+        active: warm-start active sets (``empty_active_set`` for a cold start).
+        tol: a constraint counts as violated when e x_j·v < −tol ‖x_j‖ ‖z‖.
+        max_iters: cap on Lawson–Hanson iterations (static).
+    """
+    group_signs = signs[:, groups_pattern]                              # [n, G]
+    inv_row_norm = 1.0 / jnp.maximum(jnp.linalg.norm(x, axis=1), jnp.finfo(x.dtype).tiny)
+    slots = active.used.shape[1]
+    mu0 = jnp.zeros(active.used.shape, z.dtype)
+    z_norm = jnp.linalg.norm(z, axis=1)
+
+    def body(carry):
+        i, active, mu, done, _ = carry
+        rows = _active_rows(x, group_signs, active)
+        target = _multipliers(rows, active.used, z)
+        feasible = jnp.all((target > 0) | ~active.used, axis=1)
+        # Lawson–Hanson step back: move from μ towards the LS multipliers until one reaches 0.
+        blocking = active.used & (target <= 0)
+        ratio = jnp.where(blocking, mu / jnp.where(blocking, mu - target, 1.0), jnp.inf)
+        alpha = jnp.where(feasible, 1.0, jnp.clip(jnp.min(ratio, axis=1), 0.0, 1.0))
+        new_mu = mu + alpha[:, None] * (target - mu)
+        # A warm start begins at μ = 0: drop every non-positive multiplier at once.
+        cold_multipliers = ~jnp.any(mu > 0, axis=1, keepdims=True)
+        reached_zero = jnp.where(cold_multipliers, blocking, blocking & (ratio <= alpha[:, None]))
+        drop = ~feasible[:, None] & reached_zero
+        used = active.used & ~drop
+        new_mu = jnp.where(used, new_mu, 0.0)
+
+        point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
+        slack = (x @ point.T) * group_signs * inv_row_norm[:, None]     # [n, G]
+        worst = jnp.argmin(slack, axis=0)
+        worst_slack = jnp.take_along_axis(slack, worst[None], axis=0)[0]
+        violated = worst_slack < -tol * z_norm
+        already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
+        free_slot = jnp.argmin(used, axis=1)
+        has_room = ~jnp.all(used, axis=1)
+        add = feasible & violated & ~already & has_room & ~done
+        slot_hit = (jnp.arange(slots)[None] == free_slot[:, None]) & add[:, None]
+        rows_idx = jnp.where(slot_hit, worst[:, None].astype(jnp.int32), active.rows)
+        used = used | slot_hit
+        finished = done | (feasible & ~add)
+        keep = done[:, None]
+        new_active = ActiveSet(jnp.where(keep, active.rows, rows_idx), jnp.where(keep, active.used, used))
+        new_mu = jnp.where(keep, mu, new_mu)
+        stuck = feasible & violated & (already | ~has_room)
+        return i + 1, new_active, new_mu, finished, stuck
+
+    def cond(carry):
+        i, _, _, done, _ = carry
+        return (i < max_iters) & ~jnp.all(done)
+
+    groups = z.shape[0]
+    init = (jnp.asarray(0), active, mu0, jnp.zeros(groups, bool), jnp.zeros(groups, bool))
+    iterations, active, mu, done, stuck = jax.lax.while_loop(cond, body, init)
+    rows = _active_rows(x, group_signs, active)
+    point = z + jnp.einsum("gk,gkd->gd", mu, rows)
+    return Projection(point, active, iterations, done & ~stuck)

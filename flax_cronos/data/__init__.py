@@ -1,0 +1,1 @@
+"""Input pipelines; they know nothing of models."""

@@ -1,0 +1,92 @@
+"""``fit-head``: solve a convex head on a features file and write ``head.npz`` + ``metrics.json``.
+
+File contracts (DESIGN.md): a features file is an ``.npz`` with ``x`` [n, d] and ``y`` [n]
+(labels 0..C−1, or floats for regression). ``head.npz`` holds ``gates`` [d, P]; ``v``, ``w``
+[P, d, C] (relu) or ``u`` [P, d, C] (gated_relu); and the mapped network ``W1`` [d, m], ``b1``
+[m], ``W2`` [m, C] (plus ``gate_W1``, ``gate_b1`` for gated_relu) with inactive units dropped.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from flax_cronos import cronos
+
+
+def load_features(path: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads ``x`` and ``y`` from an .npz features file; ``role`` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{role} file {path} does not exist")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("x", "y") if k not in data.files]
+        if missing:
+            raise ValueError(f"{role} file {path} has no array {missing[0]!r} (found {data.files})")
+        return data["x"], data["y"]
+
+
+def evaluate(params: cronos.ConvexParams, x, y, task: str) -> dict:
+    """Accuracy (classification) or mean squared error (regression) of the mapped network."""
+    outputs = np.asarray(cronos.predict(params, x))
+    if task == "regression":
+        return {"mse": float(np.mean((outputs - np.asarray(y).reshape(outputs.shape)) ** 2))}
+    return {"accuracy": float(np.mean(np.asarray(cronos.classify(outputs)) == np.asarray(y)))}
+
+
+def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
+             val: Optional[Path] = None, gates: Optional[Path] = None) -> dict:
+    """Solves the head, writes ``out/head.npz`` and ``out/metrics.json``; returns the metrics."""
+    x, y = load_features(train, "train")
+    val_data = load_features(val, "val") if val is not None else None
+    if val_data is not None:
+        cronos.problem.check_features(val_data[0], "val x")
+        if val_data[0].shape[1] != x.shape[1]:
+            raise ValueError(f"val x has {val_data[0].shape[1]} features but train x has {x.shape[1]}")
+    given_gates = np.load(gates, allow_pickle=False) if gates is not None else None
+
+    with tqdm(total=config.max_iters, desc="CRONOS", unit="it", leave=False, disable=None) as bar:
+        def report(state):
+            bar.update(int(state.iteration) - bar.n)
+            bar.set_postfix(primal=f"{float(state.primal_residual):.1e}",
+                            dual=f"{float(state.dual_residual):.1e}")
+
+        solution = cronos.solve(x, y, config, key=jax.random.key(seed), gates=given_gates,
+                                callback=report)
+
+    metrics = {**solution.stats._asdict(), "status": solution.status.name}
+    task = config.task
+    for split, data in (("train", (x, y)), ("val", val_data)):
+        scores = evaluate(solution.params, *data, task) if data is not None else {}
+        for name in ("accuracy", "mse") if task == "regression" else ("accuracy",):
+            metrics[f"{split}_{name}"] = scores.get(name)
+    metrics["config"] = {**dataclasses.asdict(config), "seed": seed}
+    write_head(out, solution.params)
+    (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def write_head(out: Path, params: cronos.ConvexParams) -> None:
+    """Writes ``head.npz`` (see module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {"gates": params.gates}
+    if params.activation == "relu":
+        weights.update(v=params.v, w=params.w)
+    else:
+        weights.update(u=params.v)
+    weights.update(cronos.two_layer_weights(params, drop_inactive=True))
+    np.savez(out / "head.npz", **{k: np.asarray(a) for k, a in weights.items()})
+
+
+def summary_line(metrics: dict, out: Path) -> str:
+    """One line: status, objective, accuracy, iterations and time."""
+    scores = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_accuracy", "val_accuracy", "train_mse",
+                                                          "val_mse") if metrics.get(k) is not None)
+    return (f"{metrics['status'].lower()}: objective={metrics['objective']:.6g} {scores} "
+            f"violation={metrics['constraint_violation']:.1e} iterations={metrics['iterations']} "
+            f"pcg={metrics['pcg_iterations']} {metrics['seconds']:.2f}s -> {out}")
