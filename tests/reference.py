@@ -30,7 +30,7 @@ def cvxpy_solve(x, targets, gates, beta, activation):
     penalty = sum(cp.sum(cp.norm(g, 2, axis=0)) for g in groups)
     objective = 0.5 * cp.sum_squares(prediction - targets) + beta * penalty
     problem = cp.Problem(cp.Minimize(objective), constraints)
-    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-9, tol_gap_rel=1e-9, tol_feas=1e-9)
     v_value = np.stack([g.value for g in v])
     w_value = np.stack([g.value for g in w]) if w is not None else None
     return problem.value, v_value, w_value

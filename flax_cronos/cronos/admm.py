@@ -89,7 +89,7 @@ class CronosConfig:
     rho: Optional[float] = None
     rank: int = 10
     max_iters: int = 5000
-    tol: float = 1e-4
+    tol: float = 1e-3
     pcg_max_iters: int = 50
     dtype: str = "float32"
 

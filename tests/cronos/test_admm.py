@@ -1,0 +1,121 @@
+"""CRONOS against an interior-point solver (CVXPY + Clarabel) and against closed-form properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_cronos import cronos
+from flax_cronos.cronos import problem as pb
+from flax_cronos.data.synthetic import teacher_classes
+from tests.reference import cvxpy_solve
+
+N, DIM, PATTERNS = 80, 5, 6
+
+
+def data(num_classes, seed=0):
+    x, y = teacher_classes(N, DIM, num_classes, width=4, noise=0.1, seed=seed)
+    return x.astype(np.float64), y
+
+
+def reference_objective(x, y, gates, beta, activation, intercept=True):
+    targets, _ = pb.encode_targets(y, "classification", len(y))
+    features = np.concatenate([x, np.ones((len(x), 1))], axis=1) if intercept else x
+    return cvxpy_solve(features, targets, gates, beta, activation)[0]
+
+
+CASES = [  # activation, classes, beta, dtype
+    ("relu", 2, 1.0, "float64"),
+    ("relu", 2, 0.05, "float64"),
+    ("relu", 3, 0.5, "float64"),
+    ("gated_relu", 2, 1.0, "float64"),
+    ("gated_relu", 3, 0.5, "float64"),
+    ("relu", 2, 1.0, "float32"),
+    ("gated_relu", 3, 0.5, "float32"),
+]
+
+
+@pytest.mark.parametrize("activation, classes, beta, dtype", CASES)
+def test_objective_matches_cvxpy(activation, classes, beta, dtype):
+    x, y = data(classes)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=beta, activation=activation, intercept=True,
+                                 dtype=dtype, tol=1e-7 if dtype == "float64" else 1e-4,
+                                 max_iters=20_000)
+    solution = cronos.solve(x, y, config, key=jax.random.key(1))
+    expected = reference_objective(x, y, np.asarray(solution.params.gates, np.float64), beta, activation)
+    rtol = 1e-4 if dtype == "float64" else 1e-3
+    assert solution.stats.objective == pytest.approx(expected, rel=rtol)
+    assert solution.stats.constraint_violation < (1e-8 if dtype == "float64" else 1e-5)
+    if dtype == "float64":
+        assert solution.status == cronos.SolveStatus.CONVERGED
+        assert solution.stats.duality_gap <= 1e-7
+    assert solution.stats.objective == pytest.approx(solution.stats.loss + solution.stats.penalty)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_default_settings_converge_whatever_the_feature_scale(scale):
+    """(sX, sβ) has the optimum u/s with the same objective as (X, β): a closed-form check."""
+    x, y = data(2, seed=3)
+    base = cronos.CronosConfig(patterns=PATTERNS, beta=1.0)
+    gates = np.asarray(cronos.sample_gates(jax.random.key(0), DIM, PATTERNS), np.float64)
+    expected = reference_objective(x, y, gates, 1.0, "relu", intercept=False)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0 * scale)
+    solution = cronos.solve(x * scale, y, config, key=jax.random.key(0), gates=gates)
+    assert solution.status == cronos.SolveStatus.CONVERGED
+    assert solution.stats.objective == pytest.approx(expected, rel=base.tol)
+
+
+def test_multiclass_equals_independent_single_output_solves():
+    x, y = data(3, seed=4)
+    gates = np.asarray(cronos.sample_gates(jax.random.key(2), DIM + 1, PATTERNS, jnp.float64))
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=0.5, intercept=True, dtype="float64",
+                                 tol=1e-9, max_iters=20_000)
+    joint = cronos.solve(x, y, config, key=jax.random.key(0), gates=gates)
+    single = cronos.CronosConfig(**{**config.__dict__, "task": "regression"})
+    outputs = []
+    total = 0.0
+    for c in range(3):
+        alone = cronos.solve(x, (y == c).astype(float), single, key=jax.random.key(0), gates=gates)
+        total += alone.stats.objective
+        outputs.append(np.asarray(cronos.predict(alone.params, x))[:, 0])
+    assert joint.stats.objective == pytest.approx(total, rel=1e-7)
+    np.testing.assert_allclose(cronos.predict(joint.params, x), np.stack(outputs, 1), atol=1e-4)
+
+
+def test_separable_problem_reaches_full_train_accuracy():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 120)
+    x = rng.normal(size=(120, 3)) * 0.3 + np.where(y[:, None] == 1, 2.0, -2.0)
+    config = cronos.CronosConfig(patterns=8, beta=1e-3, intercept=True)
+    solution = cronos.solve(x, y, config, key=jax.random.key(0))
+    assert np.mean(np.asarray(cronos.classify(cronos.predict(solution.params, x))) == y) == 1.0
+
+
+def test_fixed_seed_gives_identical_results():
+    x, y = data(2, seed=6)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0, max_iters=200)
+    first = cronos.solve(x, y, config, key=jax.random.key(7))
+    second = cronos.solve(x, y, config, key=jax.random.key(7))
+    other = cronos.solve(x, y, config, key=jax.random.key(8))
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+        np.testing.assert_array_equal(a, b)
+    assert first.stats.objective == second.stats.objective
+    assert not np.array_equal(first.params.gates, other.params.gates)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated_relu"])
+def test_float32_on_rank_deficient_features_stays_finite(activation):
+    x, y = data(2, seed=9)
+    x = np.concatenate([x, x[:, :2], np.ones((N, 2))], axis=1).astype(np.float32)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=0.5, activation=activation, max_iters=500)
+    solution = cronos.solve(x, y, config, key=jax.random.key(0))
+    assert solution.status != cronos.SolveStatus.NONFINITE
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(solution.params))
+    assert np.isfinite(solution.stats.objective)
+
+
+def test_throw_raises_when_not_converged():
+    x, y = data(2)
+    with pytest.raises(RuntimeError, match="MAX_ITERATIONS"):
+        cronos.solve(x, y, cronos.CronosConfig(patterns=PATTERNS, beta=0.05, max_iters=20, tol=1e-9),
+                     key=jax.random.key(0), throw=True)

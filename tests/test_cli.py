@@ -1,0 +1,70 @@
+"""``flax-cronos fit-head`` end to end, in a subprocess as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flax_cronos.data.synthetic import teacher_classes
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "flax_cronos.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("features")
+    x, y = teacher_classes(300, 6, 3, seed=0)
+    np.savez(folder / "train.npz", x=x[:240], y=y[:240])
+    np.savez(folder / "val.npz", x=x[240:], y=y[240:])
+    bad = x[:240].copy()
+    bad[3, 2] = np.nan
+    np.savez(folder / "nan.npz", x=bad, y=y[:240])
+    np.savez(folder / "one_class.npz", x=x[:240], y=np.zeros(240, int))
+    np.save(folder / "gates.npy", np.random.default_rng(0).normal(size=(6, 4)))
+    return folder
+
+
+def test_fit_head_writes_the_file_contract(features, tmp_path):
+    result = run_cli("fit-head", "--train", features / "train.npz", "--val", features / "val.npz",
+                     "--out", tmp_path, "--patterns", 4, "--beta", 0.5, "--gates",
+                     features / "gates.npy", "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert "objective=" in result.stdout and "val_accuracy=" in result.stdout
+    head = np.load(tmp_path / "head.npz")
+    np.testing.assert_array_equal(head["gates"], np.load(features / "gates.npy").astype(np.float32))
+    assert head["v"].shape == head["w"].shape == (4, 6, 3)
+    m = head["W1"].shape[1]
+    assert head["W1"].shape == (6, m) and head["W2"].shape == (m, 3) and m > 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("objective", "loss", "penalty", "constraint_violation", "train_accuracy",
+                "val_accuracy", "iterations", "pcg_iterations", "seconds", "status", "config"):
+        assert key in metrics
+    assert metrics["config"]["patterns"] == 4 and metrics["config"]["seed"] == 3
+    assert metrics["train_accuracy"] > 0.5
+    # the mapped network in the file reproduces the reported training accuracy
+    data = np.load(features / "train.npz")
+    predicted = np.argmax(np.maximum(data["x"] @ head["W1"] + head["b1"], 0) @ head["W2"], axis=1)
+    assert np.mean(predicted == data["y"]) == pytest.approx(metrics["train_accuracy"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train", "{f}/nan.npz"], "x contains 1 NaN or Inf"),
+    (["--train", "{f}/one_class.npz"], "y holds a single class"),
+    (["--train", "{f}/missing.npz"], "train file"),
+    (["--train", "{f}/train.npz", "--beta", "-1"], "beta must be"),
+    (["--train", "{f}/train.npz", "--patterns", "5", "--gates", "{f}/gates.npy"], "gates must have shape"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(features, tmp_path, args, message):
+    result = run_cli("fit-head", "--out", tmp_path, *[a.format(f=features) for a in args])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
