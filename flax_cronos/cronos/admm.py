@@ -25,11 +25,13 @@ Nyström sketch of H, which depends on neither ρ nor β (warm starts across a �
 Inexact solves: PCG stops at ‖r‖ ≤ η_k ‖rhs‖, η_k = min(0.1 (1+k)^{-1.2}, 0.1 · ADMM residual)
 (a summable forcing sequence, tightened as ADMM converges), warm-started from the last u.
 
-Because v is always feasible (exact projections), its objective is an upper bound, and a
-dual-feasible point built from its residual gives a lower bound: ADMM stops when the relative
-duality gap is ≤ ``tol`` (checked every ``GAP_EVERY`` iterations) — a certificate, unlike the
-primal residual ‖u − v‖ and dual residual ρ‖v − v_prev‖, which are reported only (relative to
-max(‖u‖, ‖v‖) and max(ρ‖λ‖, ‖FᵀY‖); Boyd et al. 2011, §3.3).
+Stopping. Because v is always feasible (exact projections), its objective is an upper bound,
+and a dual-feasible point built from its residual gives a lower bound: ADMM stops when the
+relative duality gap is ≤ ``tol`` (checked every ``GAP_EVERY`` iterations), a certificate. For
+small β that bound is loose (the dual feasible set is thin), so ADMM also stops when the primal
+residual ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖)
+(Boyd et al. 2011, §3.3) are both ≤ tol/10; in our measurements the objective was then within
+about tol/3 of the optimum. ``Stats.duality_gap`` always reports the certified bound.
 
 ρ: ADMM's speed here depends on ρ by orders of magnitude, and in the wrong direction for
 residual balancing (balanced residuals sat at ρ ≈ 1 where convergence stalls). ``default_rho``
@@ -59,6 +61,7 @@ GAP_EVERY = 10          # ADMM iterations between duality-gap checks
 PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
 MAX_ACTIVE = 256        # active constraints a cone projection can hold per group
 RHO_SCALE = 0.5         # ρ = RHO_SCALE √(β / β̄), see default_rho
+RESIDUAL_FRACTION = 0.1  # residual test: both relative residuals ≤ tol · RESIDUAL_FRACTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +79,8 @@ class CronosConfig:
         rank: Nyström sketch rank.
         max_iters: ADMM iteration cap.
         tol: relative duality gap at which the solve stops (a certificate: the objective is
-            then within tol of the optimum, up to the cone projections' tolerance).
+            then within tol of the optimum), or ten times the relative residuals at which it
+            stops (see the module docstring).
         pcg_max_iters: PCG iteration cap per ADMM iteration.
         dtype: "float32" or "float64" (float64 needs ``jax_enable_x64``).
     """
@@ -339,7 +343,9 @@ _final_gap = jax.jit(duality_gap)
 
 
 def converged(state: AdmmState, tol) -> jax.Array:
-    return state.gap <= tol
+    """Certified (duality gap ≤ tol) or both relative residuals ≤ tol · RESIDUAL_FRACTION."""
+    small_residuals = jnp.maximum(state.primal_residual, state.dual_residual) <= tol * RESIDUAL_FRACTION
+    return (state.gap <= tol) | small_residuals
 
 
 def finite(state: AdmmState) -> jax.Array:
@@ -470,7 +476,7 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
     gap = float(_final_gap(problem, state.v, state.dual_active)[0])
     if not (bool(finite(state)) and np.isfinite(gap)):
         status = SolveStatus.NONFINITE
-    elif gap <= config.tol:
+    elif bool(converged(state._replace(gap=jnp.asarray(gap)), config.tol)):
         status = SolveStatus.CONVERGED
     else:
         status = SolveStatus.MAX_ITERATIONS
