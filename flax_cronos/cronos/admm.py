@@ -57,9 +57,10 @@ from flax_cronos.cronos.pcg import pcg
 
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
-GAP_EVERY = 10          # ADMM iterations between duality-gap checks
+GAP_EVERY = 50          # ADMM iterations between duality-gap checks (each projects too)
 PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
-MAX_ACTIVE = 256        # active constraints a cone projection can hold per group
+FIRST_ACTIVE = 8        # active-set slots per group at the start; doubled when one fills up
+MAX_ACTIVE = 512        # ... up to this many (or d, or n)
 RHO_SCALE = 0.5         # ρ = RHO_SCALE √(β / β̄), see default_rho
 RESIDUAL_FRACTION = 0.1  # residual test: both relative residuals ≤ tol · RESIDUAL_FRACTION
 
@@ -397,7 +398,7 @@ def init_state(problem: pb.Problem, config: CronosConfig) -> AdmmState:
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
     active = None
     if config.activation == "relu":
-        active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, MAX_ACTIVE))
+        active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = jnp.asarray(jnp.finfo(dtype).max, dtype)
     rho = default_rho(problem, config.activation) if config.rho is None else config.rho
     return AdmmState(u=weights, v=weights, lam=weights, active=active, dual_active=active,
@@ -462,11 +463,24 @@ def iterate(problem: pb.Problem, precond: NystromApprox, state: AdmmState, confi
         if not bool(finite(new_state)):
             inf = jnp.asarray(jnp.inf, problem.x.dtype)
             return state._replace(primal_residual=inf, dual_residual=inf)
-        state = new_state
+        state = _grow_active_sets(new_state, problem)
         if callback is not None:
             callback(state)
         if bool(converged(state, tol)) or int(state.iteration) >= config.max_iters:
             return state
+
+
+def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
+    """Doubles the active-set slots when a group has filled them (the solves cost O(k³))."""
+    if state.active is None:
+        return state
+    limit = min(problem.x.shape[1], problem.x.shape[0], MAX_ACTIVE)
+    slots = state.active.used.shape[1]
+    full = any(bool(jnp.any(jnp.all(a.used, axis=1))) for a in (state.active, state.dual_active))
+    if not full or slots >= limit:
+        return state
+    grown = min(2 * slots, limit)
+    return state._replace(active=cone.pad(state.active, grown), dual_active=cone.pad(state.dual_active, grown))
 
 
 def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: CronosConfig,

@@ -25,19 +25,31 @@ import jax.numpy as jnp
 
 
 class ActiveSet(NamedTuple):
-    """Per group: row indices of the active constraints in ``slots`` fixed-size slots.
+    """Per group: the active constraints in ``k`` fixed-size slots, with their Gram matrix.
 
     Attributes:
         rows: [G, k] int32 row indices into X (meaningless where not ``used``).
         used: [G, k] bool.
+        gram: [G, k, k] A_W A_Wᵀ of the rows in the slots, updated one row at a time (valid
+            where both slots are used).
     """
 
     rows: jax.Array
     used: jax.Array
+    gram: jax.Array
 
 
-def empty_active_set(groups: int, slots: int) -> ActiveSet:
-    return ActiveSet(jnp.zeros((groups, slots), jnp.int32), jnp.zeros((groups, slots), bool))
+def empty_active_set(groups: int, slots: int, dtype) -> ActiveSet:
+    return ActiveSet(jnp.zeros((groups, slots), jnp.int32), jnp.zeros((groups, slots), bool),
+                     jnp.zeros((groups, slots, slots), dtype))
+
+
+def pad(active: ActiveSet, slots: int) -> ActiveSet:
+    """The same active sets with ``slots`` slots (more room)."""
+    extra = slots - active.used.shape[1]
+    return ActiveSet(jnp.pad(active.rows, ((0, 0), (0, extra))),
+                     jnp.pad(active.used, ((0, 0), (0, extra))),
+                     jnp.pad(active.gram, ((0, 0), (0, extra), (0, extra))))
 
 
 class Projection(NamedTuple):
@@ -61,10 +73,9 @@ def _active_rows(x: jax.Array, signs: jax.Array, active: ActiveSet) -> jax.Array
     return jnp.where(active.used[..., None], rows, 0.0)
 
 
-def _multipliers(rows: jax.Array, used: jax.Array, z: jax.Array) -> jax.Array:
+def _multipliers(rows: jax.Array, gram: jax.Array, used: jax.Array, z: jax.Array) -> jax.Array:
     """Least-squares multipliers on the active set: μ_W = −(A_W A_Wᵀ)⁻¹ A_W z, 0 elsewhere."""
-    gram = jnp.einsum("gkd,gld->gkl", rows, rows)
-    scale = jnp.max(jnp.diagonal(gram, axis1=1, axis2=2), axis=1)[:, None, None]
+    scale = jnp.max(jnp.where(used, jnp.diagonal(gram, axis1=1, axis2=2), 0.0), axis=1)[:, None, None]
     ridge = 10 * jnp.finfo(z.dtype).eps * jnp.maximum(scale, jnp.finfo(z.dtype).tiny)
     both_used = used[:, :, None] & used[:, None, :]
     eye = jnp.eye(used.shape[1], dtype=z.dtype)
@@ -97,7 +108,7 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
     def body(carry):
         i, active, mu, done, _ = carry
         rows = _active_rows(x, group_signs, active)
-        target = _multipliers(rows, active.used, z)
+        target = _multipliers(rows, active.gram, active.used, z)
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
         # Lawson–Hanson step back: move from μ towards the LS multipliers until one reaches 0.
         blocking = active.used & (target <= 0)
@@ -122,10 +133,17 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
         add = feasible & violated & ~already & has_room & ~done
         slot_hit = (jnp.arange(slots)[None] == free_slot[:, None]) & add[:, None]
         rows_idx = jnp.where(slot_hit, worst[:, None].astype(jnp.int32), active.rows)
+        # the new row's inner products with the slots' rows fill its row and column of the Gram
+        new_row = x[worst] * jnp.take_along_axis(group_signs, worst[None], axis=0)[0][:, None]
+        products = jnp.einsum("gkd,gd->gk", rows, new_row)
+        products = jnp.where(slot_hit, jnp.sum(new_row**2, axis=1)[:, None], products)
+        gram = jnp.where(slot_hit[:, :, None], products[:, None, :], active.gram)
+        gram = jnp.where(slot_hit[:, None, :], products[:, :, None], gram)
         used = used | slot_hit
         finished = done | (feasible & ~add)
         keep = done[:, None]
-        new_active = ActiveSet(jnp.where(keep, active.rows, rows_idx), jnp.where(keep, active.used, used))
+        new_active = ActiveSet(jnp.where(keep, active.rows, rows_idx), jnp.where(keep, active.used, used),
+                               jnp.where(keep[..., None], active.gram, gram))
         new_mu = jnp.where(keep, mu, new_mu)
         stuck = feasible & violated & (already | ~has_room)
         return i + 1, new_active, new_mu, finished, stuck

@@ -25,7 +25,7 @@ def test_projection_matches_nnls_cold_and_warm():
     z = rng.normal(size=(6, d))
     z[0] = 2 * gates[:, 0]                 # a gate lies in its own cone: its projection is itself
     result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(group_pattern), jnp.asarray(z),
-                     cone.empty_active_set(6, d), 1e-10, 100)
+                     cone.empty_active_set(6, d, jnp.float64), 1e-10, 100)
     assert bool(jnp.all(result.complete))
     for g in range(6):
         a = signs[:, [group_pattern[g]]] * x

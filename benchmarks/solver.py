@@ -1,0 +1,205 @@
+"""Solver benchmark: flax-cronos against pyscnn and CVXPY on the same cone-constrained instances.
+
+    python benchmarks/solver.py [--sizes 400,4000,20000,50000] [--scnn-python PATH/bin/python]
+
+Instances: teacher-labelled Gaussian features (d = 256), binary ±1 targets, P = 16 gates shared
+by every solver, β = 0.01 · β̄ with β̄ = max_g ‖A_gᵀY‖. The optimum p* is CVXPY's (Clarabel)
+where it runs (n ≤ --cvxpy-max-n), else a float64 flax-cronos solve certified by its duality
+gap. Prints a table: seconds to reach a relative objective gap of 1e-3, final gap, constraint
+violation; and flax-cronos's ADMM throughput against this machine's float32 matmul rate.
+Timings exclude compilation (a warm-up run first) and synchronise before reading the clock.
+pyscnn needs torch, which flax-cronos never depends on: give the Python of a virtualenv with
+`torch==2.13.0` and `pyscnn` (installed with --no-deps; it needs no torchvision to run).
+"""
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+from flax_cronos import cronos                                        # noqa: E402
+from flax_cronos.cronos import admm, problem as pb                    # noqa: E402
+from flax_cronos.data.synthetic import teacher_classes                # noqa: E402
+
+GAP_TARGET = 1e-3
+
+
+def matmul_rate(size: int = 4096, repeats: int = 5) -> float:
+    """Median float32 GFLOP/s of a square matmul on the default device."""
+    a = jnp.ones((size, size), jnp.float32)
+    product = jax.jit(lambda m: m @ m)
+    product(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / np.median(times) / 1e9
+
+
+def make_instance(n: int, dim: int, patterns: int, fraction: float, seed: int = 0):
+    x, labels = teacher_classes(n, dim, 2, width=16, noise=0.1, seed=seed)
+    gates = np.asarray(cronos.sample_gates(jax.random.key(seed), dim, patterns), np.float64)
+    targets = 2.0 * labels - 1.0
+    masks = (x @ gates >= 0)
+    ceiling = max(np.linalg.norm(x.T @ (masks[:, i] * targets)) for i in range(patterns))
+    return x, labels, gates, fraction * ceiling
+
+
+def objective_and_violation(x, labels, gates, beta, v, w):
+    """Our objective and relative cone violation of weights v, w [P, d, 1] (float64)."""
+    problem = pb.Problem(x=jnp.asarray(x, jnp.float64), masks=pb.activation_patterns(
+        jnp.asarray(x, jnp.float64), jnp.asarray(gates)), targets=jnp.asarray(
+        (2.0 * labels - 1.0)[:, None]), scale=jnp.asarray(1.0), beta=jnp.asarray(beta))
+    weights = jnp.moveaxis(jnp.asarray(np.stack([v, w]), jnp.float64), 1, 2)
+    loss, penalty, violation = admm.objective_terms(problem, weights)
+    return float(loss + penalty), float(violation)
+
+
+def cvxpy_optimum(x, labels, gates, beta):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.reference import cvxpy_solve
+    start = time.perf_counter()
+    value, _, _ = cvxpy_solve(x, (2.0 * labels - 1.0)[:, None], gates, beta, "relu")
+    return value, time.perf_counter() - start
+
+
+def run_cronos(x, labels, gates, beta, patterns, dtype, tol, max_iters):
+    """Solves twice (the first compiles); returns the solution and the objective trajectory."""
+    config = cronos.CronosConfig(patterns=patterns, beta=beta, dtype=dtype, tol=tol,
+                                 max_iters=max_iters)
+    cronos.solve(x, labels, config, key=jax.random.key(0), gates=gates)
+    trajectory, overhead = [], [0.0]
+    start = time.perf_counter()
+
+    def record(state):
+        pause = time.perf_counter()
+        v = np.asarray(state.v[0] - 0)                               # [d, P, 1]
+        w = np.asarray(state.v[1])
+        scale = float(np.sqrt(np.linalg.eigvalsh(np.asarray(x, np.float64).T @ x)[-1]))
+        obj, _ = objective_and_violation(x, labels, gates, beta, np.moveaxis(v, 1, 0) / scale,
+                                         np.moveaxis(w, 1, 0) / scale)
+        overhead[0] += time.perf_counter() - pause
+        trajectory.append((pause - start - overhead[0] + (time.perf_counter() - pause), obj))
+
+    solution = cronos.solve(x, labels, config, key=jax.random.key(0), gates=gates, callback=record)
+    return solution, solution.stats.seconds - overhead[0], trajectory
+
+
+def run_scnn(python: str, x, labels, gates, beta, max_iters: int, timeout: int):
+    with tempfile.TemporaryDirectory() as folder:
+        instance, result = Path(folder) / "instance.npz", Path(folder) / "result.npz"
+        np.savez(instance, x=x.astype(np.float32), y=2.0 * labels - 1.0, gates=gates, beta=beta,
+                 max_iters=max_iters)
+        runner = Path(__file__).with_name("scnn_runner.py")
+        try:
+            subprocess.run([python, str(runner), str(instance), str(result)], check=True,
+                           timeout=timeout, capture_output=True)
+        except subprocess.TimeoutExpired:
+            return None
+        data = np.load(result)
+        return {k: data[k] for k in data.files}
+
+
+def first_time_within(trajectory, optimum, target=GAP_TARGET):
+    for seconds, value in trajectory:
+        if abs(value - optimum) <= target * abs(optimum):
+            return seconds
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="400,4000,20000")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--patterns", type=int, default=16)
+    parser.add_argument("--beta-fraction", type=float, default=0.01)
+    parser.add_argument("--cvxpy-max-n", type=int, default=400)
+    parser.add_argument("--scnn-python", help="python of a virtualenv with pyscnn and torch")
+    parser.add_argument("--scnn-max-iters", type=int, default=10_000)
+    parser.add_argument("--scnn-timeout", type=int, default=600)
+    parser.add_argument("--out", type=Path, default=Path("docs/solver_benchmark.json"))
+    args = parser.parse_args()
+
+    rate = matmul_rate()
+    rows = []
+    print(f"# {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
+          f"float32 matmul {rate:.0f} GFLOP/s")
+    for n in map(int, args.sizes.split(",")):
+        x, labels, gates, beta = make_instance(n, args.dim, args.patterns, args.beta_fraction)
+        row = {"n": n, "beta": beta}
+        exact = cronos.solve(x.astype(np.float64), labels, cronos.CronosConfig(
+            patterns=args.patterns, beta=beta, dtype="float64", tol=1e-6, max_iters=5000),
+            key=jax.random.key(0), gates=gates)
+        optimum, row["reference"] = exact.stats.objective, "flax-cronos float64"
+        row["reference_certified_gap"] = exact.stats.duality_gap
+        if n <= args.cvxpy_max_n:
+            optimum, row["cvxpy_seconds"] = cvxpy_optimum(x.astype(np.float64), labels, gates, beta)
+            row["reference"] = "CVXPY (Clarabel)"
+        row["optimum"] = optimum
+
+        solution, seconds, trajectory = run_cronos(x, labels, gates, beta, args.patterns,
+                                                   "float32", 1e-4, 20_000)
+        stats = solution.stats
+        halves, groups = 2, 2 * args.patterns
+        gemm = 2.0 * n * args.dim * args.patterns                        # flops of one X z
+        flops = (gemm * 2 * (stats.pcg_iterations + stats.iterations)    # PCG products, F and Fᵀ
+                 + gemm * groups / args.patterns * stats.projection_iterations
+                 + gemm * 2 * stats.iterations / admm.GAP_EVERY)         # duality-gap checks
+        row["cronos"] = {
+            "seconds": seconds, "to_target": first_time_within(trajectory, optimum),
+            "final_gap": (stats.objective - optimum) / optimum,
+            "violation": stats.constraint_violation, "iterations": stats.iterations,
+            "status": solution.status.name, "gflops": flops / seconds / 1e9,
+            "matmul_fraction": flops / seconds / 1e9 / rate, "halves": halves}
+        if args.scnn_python:
+            result = run_scnn(args.scnn_python, x, labels, gates, beta, args.scnn_max_iters,
+                              args.scnn_timeout)
+            if result is None:
+                row["scnn"] = {"seconds": None, "timeout": args.scnn_timeout}
+            else:
+                value, violation = objective_and_violation(x, labels, gates, beta, result["v"],
+                                                           result["w"])
+                times = result["times"]
+                row["scnn"] = {
+                    "seconds": float(result["seconds"]),
+                    "to_target": first_time_within(zip(times, result["objectives"]), optimum),
+                    "final_gap": (value - optimum) / optimum, "violation": violation}
+        rows.append(row)
+        print_row(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"matmul_gflops": rate, "rows": rows}, indent=2) + "\n")
+
+
+def _fmt(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def print_row(row):
+    c = row["cronos"]
+    line = (f"n={row['n']:>6}  ref={row['reference']:<20} p*={row['optimum']:.6g}  "
+            f"cronos: {_fmt(c['to_target'], '.2f')}s to 1e-3, total {c['seconds']:.2f}s, "
+            f"gap {c['final_gap']:+.1e}, viol {c['violation']:.0e}, {c['iterations']} it, "
+            f"{c['gflops']:.1f} GFLOP/s = {100 * c['matmul_fraction']:.0f}% of matmul")
+    if "scnn" in row:
+        s = row["scnn"]
+        if s["seconds"] is None:
+            line += f" | pyscnn: no result within {s['timeout']}s"
+        else:
+            line += (f" | pyscnn: {_fmt(s['to_target'], '.1f')}s to 1e-3, total {s['seconds']:.1f}s, "
+                     f"gap {s['final_gap']:+.1e}, viol {s['violation']:.0e}")
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
