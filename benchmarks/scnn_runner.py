@@ -27,7 +27,7 @@ def main(instance_path: str, result_path: str) -> None:
     start = time.perf_counter()
     model, metrics = optimize_model(model, solver, metrics, x, y,
                                     regularizer=NeuronGL1(float(data["beta"]) / (n * outputs)),
-                                    unitize_data=False, dtype="float32")
+                                    return_convex=True, unitize_data=False, dtype="float32")
     seconds = time.perf_counter() - start
     v, w = (np.asarray(p) for p in model.parameters)                 # [C, P, d] each
     np.savez(result_path, v=np.moveaxis(v, 0, -1), w=np.moveaxis(w, 0, -1), seconds=seconds,

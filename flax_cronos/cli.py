@@ -18,7 +18,9 @@ EXIT_USAGE = 2
 def _solver_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = _default_config()
     parser.add_argument("--patterns", type=int, default=defaults.patterns, help="P, sampled gates")
-    parser.add_argument("--beta", type=float, default=defaults.beta, help="group-lasso weight β")
+    parser.add_argument("--beta", type=_beta, default="auto",
+                        help="group-lasso weight β, or 'auto' (default): a warm-started path "
+                             "with β chosen on the validation data")
     parser.add_argument("--rho", type=float, default=None,
                         help="fixed ADMM penalty (normalised data); default: adaptive")
     parser.add_argument("--rank", type=int, default=defaults.rank, help="Nyström rank")
@@ -29,6 +31,15 @@ def _solver_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("classification", "regression"), default=defaults.task)
     parser.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
     parser.add_argument("--intercept", action="store_true", help="append a constant-1 feature")
+
+
+def _beta(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def _default_config():
@@ -70,7 +81,7 @@ def run_fit_head(args) -> int:
     from flax_cronos.fit_head import fit_head, summary_line
 
     metrics = fit_head(train=args.train, val=args.val, gates=args.gates, out=args.out,
-                       config=_config_from(args), seed=args.seed)
+                       config=_config_from(args), seed=args.seed, auto_beta=args.beta == "auto")
     print(summary_line(metrics, args.out))
     return 0
 
@@ -93,7 +104,8 @@ def _config_from(args):
     if args.dtype == "float64":
         import jax
         jax.config.update("jax_enable_x64", True)
-    return CronosConfig(patterns=args.patterns, beta=args.beta, activation=args.activation,
+    beta = CronosConfig.beta if args.beta == "auto" else args.beta
+    return CronosConfig(patterns=args.patterns, beta=beta, activation=args.activation,
                         task=args.task, intercept=args.intercept, rho=args.rho, rank=args.rank,
                         max_iters=args.max_iters, tol=args.tol, dtype=args.dtype)
 

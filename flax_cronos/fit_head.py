@@ -39,8 +39,14 @@ def evaluate(params: cronos.ConvexParams, x, y, task: str) -> dict:
 
 
 def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
-             val: Optional[Path] = None, gates: Optional[Path] = None) -> dict:
-    """Solves the head, writes ``out/head.npz`` and ``out/metrics.json``; returns the metrics."""
+             val: Optional[Path] = None, gates: Optional[Path] = None,
+             auto_beta: bool = False) -> dict:
+    """Solves the head, writes ``out/head.npz`` and ``out/metrics.json``; returns the metrics.
+
+    With ``auto_beta`` a warm-started β path is solved instead (``cronos.solve_path``; the
+    validation file, or a 20% holdout of the training rows, picks β), and ``out/path.json`` and
+    ``out/path.png`` describe it.
+    """
     x, y = load_features(train, "train")
     val_data = load_features(val, "val") if val is not None else None
     if val_data is not None:
@@ -49,14 +55,22 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
             raise ValueError(f"val x has {val_data[0].shape[1]} features but train x has {x.shape[1]}")
     given_gates = np.load(gates, allow_pickle=False) if gates is not None else None
 
-    with tqdm(total=config.max_iters, desc="CRONOS", unit="it", leave=False, disable=None) as bar:
-        def report(state):
-            bar.update(int(state.iteration) - bar.n)
-            bar.set_postfix(primal=f"{float(state.primal_residual):.1e}",
-                            dual=f"{float(state.dual_residual):.1e}")
+    key = jax.random.key(seed)
+    if auto_beta:
+        path = cronos.solve_path(x, y, config, key=key, gates=given_gates,
+                                 x_val=None if val_data is None else val_data[0],
+                                 y_val=None if val_data is None else val_data[1])
+        solution = path.best
+        config = dataclasses.replace(config, beta=path.points[path.best_index].beta)
+        write_path(out, path)
+    else:
+        with tqdm(total=config.max_iters, desc="CRONOS", unit="it", leave=False, disable=None) as bar:
+            def report(state):
+                bar.update(int(state.iteration) - bar.n)
+                bar.set_postfix(primal=f"{float(state.primal_residual):.1e}",
+                                dual=f"{float(state.dual_residual):.1e}")
 
-        solution = cronos.solve(x, y, config, key=jax.random.key(seed), gates=given_gates,
-                                callback=report)
+            solution = cronos.solve(x, y, config, key=key, gates=given_gates, callback=report)
 
     metrics = {**solution.stats._asdict(), "status": solution.status.name}
     task = config.task
@@ -64,7 +78,8 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
         scores = evaluate(solution.params, *data, task) if data is not None else {}
         for name in ("accuracy", "mse") if task == "regression" else ("accuracy",):
             metrics[f"{split}_{name}"] = scores.get(name)
-    metrics["config"] = {**dataclasses.asdict(config), "seed": seed}
+    metrics["config"] = {**dataclasses.asdict(config), "seed": seed,
+                         "beta_choice": "auto" if auto_beta else "fixed"}
     write_head(out, solution.params)
     (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -83,10 +98,42 @@ def write_head(out: Path, params: cronos.ConvexParams) -> None:
     np.savez(out / "head.npz", **{k: np.asarray(a) for k, a in weights.items()})
 
 
+def write_path(out: Path, path: cronos.Path) -> None:
+    """``path.json`` (one entry per β) and ``path.png`` (validation metric and active neurons)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [{"beta": p.beta, "objective": p.solution.stats.objective,
+                f"train_{path.metric}": p.train_metric, f"val_{path.metric}": p.val_metric,
+                "active_neurons": p.active_neurons, "iterations": p.solution.stats.iterations,
+                "seconds": p.solution.stats.seconds, "status": p.solution.status.name}
+               for p in path.points]
+    summary = {"beta_max": path.beta_max, "chosen_beta": path.points[path.best_index].beta,
+               "metric": path.metric, "points": entries}
+    (out / "path.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    betas = [p.beta for p in path.points]
+    figure, metric_axis = plt.subplots(figsize=(6, 4))
+    metric_axis.semilogx(betas, [p.val_metric for p in path.points], "o-", color="C0")
+    metric_axis.axvline(betas[path.best_index], color="C0", linestyle=":")
+    metric_axis.set_xlabel("β")
+    metric_axis.set_ylabel(f"validation {path.metric}", color="C0")
+    neuron_axis = metric_axis.twinx()
+    neuron_axis.semilogx(betas, [p.active_neurons for p in path.points], "s--", color="C1")
+    neuron_axis.set_ylabel("active neurons", color="C1")
+    figure.tight_layout()
+    figure.savefig(out / "path.png", dpi=120)
+    plt.close(figure)
+
+
 def summary_line(metrics: dict, out: Path) -> str:
     """One line: status, objective, accuracy, iterations and time."""
     scores = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_accuracy", "val_accuracy", "train_mse",
                                                           "val_mse") if metrics.get(k) is not None)
-    return (f"{metrics['status'].lower()}: objective={metrics['objective']:.6g} {scores} "
+    return (f"{metrics['status'].lower()}: beta={metrics['config']['beta']:.4g} "
+            f"objective={metrics['objective']:.6g} {scores} "
             f"violation={metrics['constraint_violation']:.1e} iterations={metrics['iterations']} "
             f"pcg={metrics['pcg_iterations']} {metrics['seconds']:.2f}s -> {out}")

@@ -68,3 +68,21 @@ def test_bad_input_is_one_line_and_exit_code_2(features, tmp_path, args, message
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_beta_auto_beats_the_smallest_beta_on_noisy_data(tmp_path):
+    x, y = teacher_classes(700, 8, 2, width=6, noise=0.35, seed=11)
+    np.savez(tmp_path / "train.npz", x=x[:200], y=y[:200])
+    np.savez(tmp_path / "val.npz", x=x[200:], y=y[200:])
+    common = ["--train", tmp_path / "train.npz", "--val", tmp_path / "val.npz", "--patterns", 8]
+    auto = run_cli("fit-head", *common, "--out", tmp_path / "auto")
+    assert auto.returncode == 0, auto.stderr
+    path = json.loads((tmp_path / "auto" / "path.json").read_text())
+    assert (tmp_path / "auto" / "path.png").stat().st_size > 0
+    smallest = min(point["beta"] for point in path["points"])
+    fixed = run_cli("fit-head", *common, "--beta", smallest, "--out", tmp_path / "fixed")
+    assert fixed.returncode == 0, fixed.stderr
+    chosen = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    at_smallest = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
+    assert chosen["config"]["beta"] == path["chosen_beta"]
+    assert chosen["val_accuracy"] > at_smallest["val_accuracy"]

@@ -4,8 +4,9 @@ from flax_cronos.cronos.admm import (AdmmState, CronosConfig, Solution, SolveSta
                                      solve)
 from flax_cronos.cronos.network import (ConvexParams, classify, network_predict, predict,
                                         two_layer_weights)
+from flax_cronos.cronos.path import Path, PathPoint, default_betas, solve_path
 from flax_cronos.cronos.problem import activation_patterns, sample_gates
 
-__all__ = ["AdmmState", "ConvexParams", "CronosConfig", "Solution", "SolveStatus", "Stats",
-           "activation_patterns", "classify", "network_predict", "predict", "sample_gates",
-           "solve", "two_layer_weights"]
+__all__ = ["AdmmState", "ConvexParams", "CronosConfig", "Path", "PathPoint", "Solution",
+           "SolveStatus", "Stats", "activation_patterns", "classify", "default_betas",
+           "network_predict", "predict", "sample_gates", "solve", "solve_path", "two_layer_weights"]

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_cronos.cronos import cone, problem as pb
+from flax_cronos.cronos import certificate, cone, problem as pb
 from flax_cronos.cronos.network import ConvexParams, with_intercept
 from flax_cronos.cronos.nystrom import NystromApprox, apply_inverse_preconditioner, nystrom
 from flax_cronos.cronos.pcg import pcg
@@ -156,7 +156,8 @@ class AdmmState(NamedTuple):
 
     u, v, lam: [H, d, P, C]; active, dual_active: warm starts of the cone projections in the
     prox and in the duality gap (None for gated_relu); residuals and the duality gap are
-    relative (see module docstring).
+    relative (see module docstring); projections_complete is False when the last projections
+    ran out of active-set slots or iterations (v may then be infeasible).
     """
 
     u: jax.Array
@@ -171,6 +172,7 @@ class AdmmState(NamedTuple):
     primal_residual: jax.Array
     dual_residual: jax.Array
     gap: jax.Array
+    projections_complete: jax.Array
 
 
 class Settings(NamedTuple):
@@ -239,43 +241,23 @@ def solve_u(problem: pb.Problem, precond: NystromApprox, rhs: jax.Array, u0: jax
 # ----------------------------------------------------------------------------- the v-step
 
 
-def _groups(z: jax.Array) -> jax.Array:
-    """[H, d, P, C] → [H·P·C, d] (one row per group)."""
-    return jnp.moveaxis(z, 1, -1).reshape(-1, z.shape[1])
-
-
-def _ungroup(rows: jax.Array, shape) -> jax.Array:
-    """Inverse of ``_groups``."""
-    halves, dim, patterns, outputs = shape
-    return jnp.moveaxis(rows.reshape(halves, patterns, outputs, dim), -1, 1)
-
-
-def group_pattern_index(shape) -> jax.Array:
-    """[H·P·C] the pattern of each group in ``_groups`` order."""
-    halves, _, patterns, outputs = shape
-    return jnp.broadcast_to(jnp.arange(patterns)[:, None], (halves, patterns, outputs)).reshape(-1)
-
-
-def projection_tolerance(dtype) -> float:
-    return 0.01 * float(np.sqrt(np.finfo(dtype).eps))
-
-
 def prox(problem: pb.Problem, z: jax.Array, threshold: jax.Array,
          active: Optional[cone.ActiveSet]):
     """prox of threshold·‖·‖_{2,1} + I_K: shrinks the cone projection of every group.
 
-    Returns (v [H, d, P, C], updated active sets, projection iterations).
+    Returns (v [H, d, P, C], updated active sets, projection iterations, whether every
+    projection completed).
     """
-    rows = _groups(z)
-    iterations = jnp.asarray(0)
+    rows = cone.groups(z)
+    iterations, complete = jnp.asarray(0), jnp.asarray(True)
     if active is not None:
-        projection = cone.project(problem.x, pb.cone_signs(problem), group_pattern_index(z.shape),
-                                  rows, active, projection_tolerance(z.dtype),
-                                  max_iters=PROJECTION_ITERS)
+        projection = cone.project_groups(problem, rows, z.shape, active, PROJECTION_ITERS)
         rows, active, iterations = projection.point, projection.active, projection.iterations
+        at_limit = active.used.shape[1] >= active_set_limit(problem)
+        complete = jnp.all(projection.complete) | at_limit   # no more room to give: accept
     norms = jnp.sqrt(jnp.sum(rows**2, axis=1, keepdims=True))
     shrunk = rows * (1.0 - threshold / jnp.maximum(norms, threshold))
-    return _ungroup(shrunk, z.shape), active, iterations
+    return cone.ungroup(shrunk, z.shape), active, iterations, complete
 
 
 # ----------------------------------------------------------------------------- one ADMM step
@@ -299,8 +281,8 @@ def admm_step(problem: pb.Problem, precond: NystromApprox, ft_y: jax.Array, stat
     rhs = ft_y / rho + state.v - state.lam
     u, pcg_iters = solve_u(problem, precond, rhs, state.u, rho, _forcing(state), settings)
     relaxed = RELAXATION * u + (1 - RELAXATION) * state.v
-    v, active, projection_iters = prox(problem, relaxed + state.lam, problem.beta / rho,
-                                       state.active)
+    v, active, projection_iters, complete = prox(problem, relaxed + state.lam,
+                                                 problem.beta / rho, state.active)
     lam = state.lam + relaxed - v
 
     tiny = jnp.finfo(u.dtype).tiny
@@ -309,44 +291,16 @@ def admm_step(problem: pb.Problem, precond: NystromApprox, ft_y: jax.Array, stat
     state = state._replace(u=u, v=v, lam=lam, active=active, iteration=state.iteration + 1,
                            pcg_iterations=state.pcg_iterations + pcg_iters,
                            projection_iterations=state.projection_iterations + projection_iters,
-                           primal_residual=primal, dual_residual=dual)
+                           primal_residual=primal, dual_residual=dual,
+                           projections_complete=complete)
     return state
 
 
-def duality_gap(problem: pb.Problem, v: jax.Array, dual_active: Optional[cone.ActiveSet]):
-    """Relative duality gap of a feasible v, and the updated warm start of its projections.
-
-    The dual of min_v ½‖Σ_g A_g v_g − Y‖² + β Σ_g ‖v_g‖ s.t. v_g ∈ K_g (A_g = ±D_iX) is
-    max_θ ⟨θ, Y⟩ − ½‖θ‖² s.t. ‖Π_{K_g}(A_gᵀθ)‖ ≤ β for every group (Moreau: the support
-    function of K ∩ unit ball is ‖Π_K(·)‖). The residual θ₀ = Y − Fv, scaled per output c by
-    s_c = min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀)‖), is dual feasible; (P(v) − D(θ)) / P(v) bounds
-    the relative distance of the objective from the optimum.
-    """
-    residual = problem.targets - pb.apply_F(problem, v)                      # [n, C]
-    correlations = pb.apply_Ft(problem, residual, v.shape[0])                # [H, d, P, C]
-    rows = _groups(correlations)
-    if dual_active is not None:
-        projection = cone.project(problem.x, pb.cone_signs(problem), group_pattern_index(v.shape),
-                                  rows, dual_active, projection_tolerance(v.dtype),
-                                  max_iters=PROJECTION_ITERS)
-        rows, dual_active = projection.point, projection.active
-    outputs = v.shape[-1]
-    worst = jnp.max(jnp.linalg.norm(rows, axis=1).reshape(-1, outputs), axis=0)   # [C]
-    scale = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, jnp.finfo(v.dtype).tiny))
-    dual = jnp.sum(scale * jnp.sum(residual * problem.targets, axis=0)
-                   - 0.5 * scale**2 * jnp.sum(residual**2, axis=0))
-    primal = 0.5 * jnp.sum(residual**2) + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
-    gap = jnp.maximum(primal - dual, 0.0) / jnp.maximum(primal, jnp.finfo(v.dtype).tiny)
-    return gap, dual_active
-
-
-_final_gap = jax.jit(duality_gap)
-
-
 def converged(state: AdmmState, tol) -> jax.Array:
-    """Certified (duality gap ≤ tol) or both relative residuals ≤ tol · RESIDUAL_FRACTION."""
+    """Certified (duality gap ≤ tol) or both relative residuals ≤ tol · RESIDUAL_FRACTION, with
+    exact projections (v feasible)."""
     small_residuals = jnp.maximum(state.primal_residual, state.dual_residual) <= tol * RESIDUAL_FRACTION
-    return (state.gap <= tol) | small_residuals
+    return state.projections_complete & ((state.gap <= tol) | small_residuals)
 
 
 def finite(state: AdmmState) -> jax.Array:
@@ -356,35 +310,35 @@ def finite(state: AdmmState) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("settings",))
 def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol, stop_at,
              settings: Settings) -> AdmmState:
-    """Iterates ``admm_step`` until convergence, a non-finite residual, or ``stop_at``."""
+    """Iterates ``admm_step`` until convergence, a non-finite residual, ``stop_at``, or a
+    projection that needs more active-set slots than the state has (the caller grows them)."""
     ft_y = pb.apply_Ft(problem, problem.targets, pb.halves(settings.activation))
+    can_grow = state.active is not None and state.active.used.shape[1] < active_set_limit(problem)
 
     def cond(st):
-        return (st.iteration < stop_at) & ~converged(st, tol) & finite(st)
+        room = ~_slots_full(st) if can_grow else True
+        return (st.iteration < stop_at) & ~converged(st, tol) & finite(st) & room
 
     def body(st):
         st = admm_step(problem, precond, ft_y, st, settings)
 
         def with_gap(st):
-            gap, dual_active = duality_gap(problem, st.v, st.dual_active)
-            return st._replace(gap=gap, dual_active=dual_active)
+            gap, dual_active, exact = certificate.duality_gap(problem, st.v, st.dual_active,
+                                                              _gap_projection_iters(st))
+            unknown = jnp.asarray(jnp.finfo(gap.dtype).max, gap.dtype)
+            return st._replace(gap=jnp.where(exact, gap, unknown), dual_active=dual_active)
 
         return jax.lax.cond(st.iteration % GAP_EVERY == 0, with_gap, lambda st: st, st)
 
     return jax.lax.while_loop(cond, body, state)
 
 
-
-
-
-
 @functools.partial(jax.jit, static_argnames=("activation",))
 def default_rho(problem: pb.Problem, activation: str) -> jax.Array:
-    """ρ = ½ √(β / β̄), clipped to [1e-3, 1]: β̄ = max_g ‖A_gᵀY‖ bounds the β that zeroes the
-    solution. Measured on normalised data: strong regularisation wants a large ρ (≈ 0.1–1),
+    """ρ = ½ √(β / β̄), clipped to [1e-3, 1], with β̄ = max_g ‖A_gᵀY‖ (the β that zeroes the
+    gated solution; an upper bound for relu). Measured on normalised data: strong regularisation wants a large ρ (≈ 0.1–1),
     weak regularisation a small one (≈ 1e-2); residual balancing picked the wrong end."""
-    correlations = pb.apply_Ft(problem, problem.targets, pb.halves(activation))
-    ceiling = jnp.max(jnp.sqrt(jnp.sum(correlations**2, axis=1)))
+    ceiling = certificate.beta_max(problem, "gated_relu")    # ≥ the relu β̄, without projections
     ratio = problem.beta / jnp.maximum(ceiling, jnp.finfo(problem.x.dtype).tiny)
     return jnp.clip(RHO_SCALE * jnp.sqrt(ratio), 1e-3, 1.0)
 
@@ -405,25 +359,11 @@ def init_state(problem: pb.Problem, config: CronosConfig) -> AdmmState:
                      gap=unknown, rho=jnp.asarray(rho, dtype),
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
-                     primal_residual=unknown, dual_residual=unknown)
+                     primal_residual=unknown, dual_residual=unknown,
+                     projections_complete=jnp.asarray(True))
 
 
 # ----------------------------------------------------------------------------- solve
-
-
-@jax.jit
-def objective_terms(problem: pb.Problem, weights: jax.Array) -> tuple[jax.Array, ...]:
-    """(loss, penalty, relative constraint violation) of [H, d, P, C] weights.
-
-    Violation = max over constraints of (−E_i X v_ic)₊ / (‖X‖₂ · max group norm); 0 for gated.
-    """
-    residual = pb.apply_F(problem, weights) - problem.targets
-    loss = 0.5 * jnp.sum(residual**2)
-    group_norms = jnp.sqrt(jnp.sum(weights**2, axis=1))
-    penalty = problem.beta * jnp.sum(group_norms)
-    violation = jnp.max(jax.nn.relu(-pb.apply_G(problem, weights))) if weights.shape[0] == 2 else 0.0
-    violation = violation / jnp.maximum(jnp.max(group_norms), jnp.finfo(weights.dtype).tiny)
-    return loss, penalty, jnp.asarray(violation, weights.dtype)
 
 
 def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None):
@@ -470,27 +410,45 @@ def iterate(problem: pb.Problem, precond: NystromApprox, state: AdmmState, confi
             return state
 
 
+def _slots_full(state: AdmmState) -> jax.Array:
+    """Whether some group's active set (prox or duality gap) has used all its slots."""
+    return jnp.any(jnp.all(state.active.used, axis=1)) | jnp.any(jnp.all(state.dual_active.used, axis=1))
+
+
+def _gap_projection_iters(state: AdmmState) -> int:
+    """The gap's projections start far from their last active sets: let them run longer."""
+    slots = 0 if state.dual_active is None else state.dual_active.used.shape[1]
+    return 4 * slots + 10
+
+
+def active_set_limit(problem: pb.Problem) -> int:
+    """Active-set slots a group can get: an active set has at most d independent rows."""
+    return min(problem.x.shape[1], problem.x.shape[0], MAX_ACTIVE)
+
+
 def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
     """Doubles the active-set slots when a group has filled them (the solves cost O(k³))."""
     if state.active is None:
         return state
-    limit = min(problem.x.shape[1], problem.x.shape[0], MAX_ACTIVE)
     slots = state.active.used.shape[1]
-    full = any(bool(jnp.any(jnp.all(a.used, axis=1))) for a in (state.active, state.dual_active))
-    if not full or slots >= limit:
+    if not bool(_slots_full(state)) or slots >= active_set_limit(problem):
         return state
-    grown = min(2 * slots, limit)
-    return state._replace(active=cone.pad(state.active, grown), dual_active=cone.pad(state.dual_active, grown))
+    grown = min(2 * slots, active_set_limit(problem))
+    return state._replace(active=cone.pad(state.active, grown),
+                          dual_active=cone.pad(state.dual_active, grown))
 
 
 def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: CronosConfig,
            seconds: float) -> Solution:
     """Maps the group-sparse iterate v back to the original scale, with its statistics."""
-    loss, penalty, violation = (float(t) for t in objective_terms(problem, state.v))
-    gap = float(_final_gap(problem, state.v, state.dual_active)[0])
-    if not (bool(finite(state)) and np.isfinite(gap)):
+    loss, penalty, violation = (float(t) for t in certificate.objective_terms(problem, state.v))
+    gap, exact = certificate.final_duality_gap(problem, state.v, state.dual_active,
+                                               _gap_projection_iters(state))
+    gap = float(gap) if bool(exact) else float("inf")
+    if not (bool(finite(state)) and np.isfinite(loss + penalty)):
         status = SolveStatus.NONFINITE
-    elif bool(converged(state._replace(gap=jnp.asarray(gap)), config.tol)):
+    elif bool(converged(state._replace(gap=jnp.asarray(min(gap, np.finfo(np.float32).max))),
+                        config.tol)):
         status = SolveStatus.CONVERGED
     else:
         status = SolveStatus.MAX_ITERATIONS

@@ -22,6 +22,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from flax_cronos.cronos.problem import Problem, cone_signs
 
 
 class ActiveSet(NamedTuple):
@@ -145,8 +148,9 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
         new_active = ActiveSet(jnp.where(keep, active.rows, rows_idx), jnp.where(keep, active.used, used),
                                jnp.where(keep[..., None], active.gram, gram))
         new_mu = jnp.where(keep, mu, new_mu)
-        stuck = feasible & violated & (already | ~has_room)
-        return i + 1, new_active, new_mu, finished, stuck
+        # a violated row that is already active is rounding; a full active set needs more slots
+        out_of_room = feasible & violated & ~already & ~has_room
+        return i + 1, new_active, new_mu, finished, out_of_room
 
     def cond(carry):
         i, _, _, done, _ = carry
@@ -154,7 +158,39 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
 
     groups = z.shape[0]
     init = (jnp.asarray(0), active, mu0, jnp.zeros(groups, bool), jnp.zeros(groups, bool))
-    iterations, active, mu, done, stuck = jax.lax.while_loop(cond, body, init)
+    iterations, active, mu, done, out_of_room = jax.lax.while_loop(cond, body, init)
     rows = _active_rows(x, group_signs, active)
     point = z + jnp.einsum("gk,gkd->gd", mu, rows)
-    return Projection(point, active, iterations, done & ~stuck)
+    return Projection(point, active, iterations, done & ~out_of_room)
+
+
+# ----------------------------------------------------------------------------- groups of the program
+
+
+def groups(z: jax.Array) -> jax.Array:
+    """[H, d, P, C] → [H·P·C, d] (one row per group)."""
+    return jnp.moveaxis(z, 1, -1).reshape(-1, z.shape[1])
+
+
+def ungroup(rows: jax.Array, shape) -> jax.Array:
+    """Inverse of ``groups``."""
+    halves, dim, patterns, outputs = shape
+    return jnp.moveaxis(rows.reshape(halves, patterns, outputs, dim), -1, 1)
+
+
+def group_pattern_index(shape) -> jax.Array:
+    """[H·P·C] the pattern of each group in ``groups`` order."""
+    halves, _, patterns, outputs = shape
+    return jnp.broadcast_to(jnp.arange(patterns)[:, None], (halves, patterns, outputs)).reshape(-1)
+
+
+def projection_tolerance(dtype) -> float:
+    """Violations below 0.01 √eps · ‖x_j‖ ‖z‖ count as satisfied."""
+    return 0.01 * float(np.sqrt(np.finfo(dtype).eps))
+
+
+def project_groups(problem: Problem, rows: jax.Array, shape, active: ActiveSet,
+                   max_iters: int) -> Projection:
+    """Projects the groups ``rows`` [H·P·C, d] of a [H, d, P, C] array onto their cones."""
+    return project(problem.x, cone_signs(problem), group_pattern_index(shape), rows, active,
+                   projection_tolerance(rows.dtype), max_iters=max_iters)

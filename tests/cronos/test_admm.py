@@ -121,3 +121,21 @@ def test_throw_raises_when_not_converged():
     with pytest.raises(RuntimeError, match="MAX_ITERATIONS"):
         cronos.solve(x, y, cronos.CronosConfig(patterns=PATTERNS, beta=0.05, max_iters=20, tol=1e-9),
                      key=jax.random.key(0), throw=True)
+
+
+def test_one_admm_step_is_a_pure_jittable_function():
+    from flax_cronos.cronos import admm
+
+    x, y = data(2)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0, dtype="float64")
+    problem, precond, _ = admm.prepare(x, y, config, key=jax.random.key(0))
+    state = admm.init_state(problem, config)
+    ft_y = pb.apply_Ft(problem, problem.targets, 2)
+    step = jax.jit(admm.admm_step, static_argnums=4)
+    once = step(problem, precond, ft_y, state, admm.settings_of(config))
+    again = step(problem, precond, ft_y, state, admm.settings_of(config))
+    looped = admm.run_admm(problem, precond, state, 0.0, 1, admm.settings_of(config))
+    for a, b, c in zip(jax.tree.leaves(once), jax.tree.leaves(again), jax.tree.leaves(looped)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14)
+    assert int(once.iteration) == 1 and float(once.primal_residual) > 0

@@ -1,0 +1,143 @@
+"""A warm-started regularisation path over β, with β chosen on validation data.
+
+β̄ (``beta_max``, see ``certificate.py``) is the smallest β whose optimum is zero.
+
+``solve_path`` solves β_1 = β̄ > β_2 > … > β_K = β̄·ratio (a log grid). Each point starts from
+the previous one's ADMM state (iterates, scaled dual, active sets of the cone projections); the
+patterns and the Nyström sketch, which do not depend on β, are built once. β is chosen by the
+validation metric (accuracy, or mean squared error for regression; ties go to the larger β).
+Without validation data, a seeded random ``holdout`` fraction of the training rows is held out
+for the choice, and the chosen β is then solved again on all the training rows.
+"""
+
+import time
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_cronos.cronos import admm, certificate, problem as pb
+from flax_cronos.cronos.network import classify, predict
+
+
+class PathPoint(NamedTuple):
+    """One β of the path: the solution and its metrics (accuracy, or MSE for regression)."""
+
+    beta: float
+    solution: admm.Solution
+    train_metric: float
+    val_metric: float
+    active_neurons: int
+
+
+class Path(NamedTuple):
+    """Attributes:
+    points: the path, from β̄ down.
+    best_index: the point chosen by the validation metric.
+    best: the chosen solution (solved again on all training rows when a holdout was used).
+    metric: "accuracy" or "mse".
+    beta_max: β̄.
+    """
+
+    points: list
+    best_index: int
+    best: admm.Solution
+    metric: str
+    beta_max: float
+
+
+def beta_max(problem: pb.Problem, activation: str) -> float:
+    """β̄ of the un-normalised program (see the module docstring)."""
+    return float(certificate.beta_max(problem, activation) * problem.scale)
+
+
+def default_betas(top: float, num: int = 16, ratio: float = 1e-4) -> np.ndarray:
+    """A decreasing log grid from β̄ to β̄·ratio."""
+    return np.geomspace(top, top * ratio, num)
+
+
+def _score(params, x, y, task: str) -> float:
+    outputs = np.asarray(predict(params, x))
+    if task == "regression":
+        return float(np.mean((outputs - np.asarray(y, float).reshape(outputs.shape)) ** 2))
+    return float(np.mean(np.asarray(classify(outputs)) == np.asarray(y)))
+
+
+def _restart(state: admm.AdmmState, problem: pb.Problem, config: admm.CronosConfig):
+    """Carries an ADMM state to a new β: ρ for the new β, counters and residuals reset."""
+    rho = admm.default_rho(problem, config.activation) if config.rho is None else config.rho
+    rho = jnp.asarray(rho, state.rho.dtype)
+    unknown = jnp.asarray(jnp.finfo(state.rho.dtype).max, state.rho.dtype)
+    zero = jnp.zeros_like(state.iteration)
+    return state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
+                          pcg_iterations=zero, projection_iterations=zero,
+                          primal_residual=unknown, dual_residual=unknown, gap=unknown)
+
+
+def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None, *,
+               key: jax.Array, x_val=None, y_val=None, gates=None, holdout: float = 0.2,
+               holdout_seed: int = 0, num: int = 16, ratio: float = 1e-4) -> Path:
+    """Solves a warm-started β path and picks β on validation data.
+
+    Args:
+        x, y: training data as for ``solve``.
+        config: solver settings; ``config.beta`` is ignored.
+        betas: decreasing β values; default ``default_betas(β̄, num, ratio)``.
+        key: PRNG key for the gates and the sketch.
+        x_val, y_val: validation data; without them a ``holdout`` fraction of the training
+            rows (a permutation seeded by ``holdout_seed``) is used.
+        gates: optional [d, P] gates.
+
+    Returns:
+        A ``Path``.
+    """
+    config.check()
+    x = pb.check_features(x)
+    y = np.asarray(y)
+    if (x_val is None) != (y_val is None):
+        raise ValueError("give both x_val and y_val, or neither")
+    refit = x_val is None
+    fit_x, fit_y = x, y
+    if refit:
+        if not 0 < holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1); got {holdout}")
+        order = np.random.default_rng(holdout_seed).permutation(len(x))
+        cut = max(1, int(round(holdout * len(x))))
+        x_val, y_val = x[order[:cut]], y[order[:cut]]
+        fit_x, fit_y = x[order[cut:]], y[order[cut:]]
+    else:
+        x_val = pb.check_features(x_val, "x_val")
+        if x_val.shape[1] != x.shape[1]:
+            raise ValueError(f"x_val has {x_val.shape[1]} features but x has {x.shape[1]}")
+
+    problem, precond, gates = admm.prepare(fit_x, fit_y, config, key=key, gates=gates)
+    top = beta_max(problem, config.activation)
+    betas = default_betas(top, num, ratio) if betas is None else np.asarray(betas, float)
+    if betas.ndim != 1 or betas.size == 0 or np.any(betas < 0) or np.any(np.diff(betas) > 0):
+        raise ValueError("betas must be a non-empty decreasing sequence of values >= 0")
+
+    points, state = [], None
+    for beta in betas:
+        start = time.perf_counter()
+        point_config = admm.CronosConfig(**{**config.__dict__, "beta": float(beta)})
+        point_problem = problem._replace(beta=jnp.asarray(beta, problem.x.dtype) / problem.scale)
+        state = (admm.init_state(point_problem, point_config) if state is None
+                 else _restart(state, point_problem, point_config))
+        state = admm.iterate(point_problem, precond, state, point_config)
+        jax.block_until_ready(state)
+        solution = admm.finish(point_problem, state, gates, point_config,
+                               time.perf_counter() - start)
+        active = sum(int(np.sum(np.linalg.norm(np.asarray(g), axis=1) > 0))
+                     for g in (solution.params.v, solution.params.w) if g is not None)
+        points.append(PathPoint(float(beta), solution, _score(solution.params, fit_x, fit_y, config.task),
+                                _score(solution.params, x_val, y_val, config.task), active))
+
+    metric = "mse" if config.task == "regression" else "accuracy"
+    values = np.array([p.val_metric for p in points])
+    best_index = int(np.argmin(values) if metric == "mse" else np.argmax(values))
+    best = points[best_index].solution
+    if refit:
+        best = admm.solve(x, y, admm.CronosConfig(**{**config.__dict__, "beta": points[best_index].beta}),
+                          key=key, gates=gates)
+    return Path(points, best_index, best, metric, top)
