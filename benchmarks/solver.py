@@ -127,17 +127,18 @@ def main() -> None:
     parser.add_argument("--scnn-python", help="python of a virtualenv with pyscnn and torch")
     parser.add_argument("--scnn-max-iters", type=int, default=10_000)
     parser.add_argument("--scnn-timeout", type=int, default=600)
-    parser.add_argument("--path-n", type=int, default=4000,
+    parser.add_argument("--path-n", type=int, default=2000,
                         help="n of the β-path cost measurement (0 skips it)")
+    parser.add_argument("--path-dim", type=int, default=32, help="d of the β-path measurement")
     parser.add_argument("--skip-solvers", action="store_true", help="only the β-path measurement")
     parser.add_argument("--out", type=Path, default=Path("docs/solver_benchmark.json"))
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.path_n:
-        results["path"] = path_cost(args.path_n, args.dim, args.patterns)
+        results["path"] = path_cost(args.path_n, args.path_dim, args.patterns)
         p = results["path"]
-        print(f"# β path, n={p['n']}: {p['points']} points in {p['path_seconds']:.1f}s, one cold solve "
+        print(f"# β path, n={p['n']}, d={args.path_dim}: {p['points']} points in {p['path_seconds']:.1f}s, one cold solve "
               f"at the smallest β {p['cold_seconds_smallest_beta']:.1f}s: {p['ratio']:.2f}x", flush=True)
     if args.skip_solvers:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -22,10 +22,11 @@ def _solver_arguments(parser: argparse.ArgumentParser) -> None:
                         help="group-lasso weight β, or 'auto' (default): a warm-started path "
                              "with β chosen on the validation data")
     parser.add_argument("--rho", type=float, default=None,
-                        help="fixed ADMM penalty (normalised data); default: adaptive")
+                        help="ADMM penalty on the normalised data; default: chosen from the data")
     parser.add_argument("--rank", type=int, default=defaults.rank, help="Nyström rank")
     parser.add_argument("--max-iters", type=int, default=defaults.max_iters)
-    parser.add_argument("--tol", type=float, default=defaults.tol, help="relative residual tolerance")
+    parser.add_argument("--tol", type=float, default=defaults.tol,
+                        help="relative duality gap to stop at (or a tenth of it for the residuals)")
     parser.add_argument("--seed", type=int, default=0, help="seed of gates and sketch")
     parser.add_argument("--activation", choices=("relu", "gated_relu"), default=defaults.activation)
     parser.add_argument("--task", choices=("classification", "regression"), default=defaults.task)
