@@ -40,7 +40,6 @@ measurements.
 """
 
 import dataclasses
-import dataclasses
 import enum
 import functools
 import time

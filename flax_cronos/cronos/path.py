@@ -11,7 +11,7 @@ for the choice, and the chosen β is then solved again on all the training rows.
 """
 
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
