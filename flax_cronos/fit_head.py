@@ -30,14 +30,6 @@ def load_features(path: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
         return data["x"], data["y"]
 
 
-def evaluate(params: cronos.ConvexParams, x, y, task: str) -> dict:
-    """Accuracy (classification) or mean squared error (regression) of the mapped network."""
-    outputs = np.asarray(cronos.predict(params, x))
-    if task == "regression":
-        return {"mse": float(np.mean((outputs - np.asarray(y).reshape(outputs.shape)) ** 2))}
-    return {"accuracy": float(np.mean(np.asarray(cronos.classify(outputs)) == np.asarray(y)))}
-
-
 def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
              val: Optional[Path] = None, gates: Optional[Path] = None,
              auto_beta: bool = False) -> dict:
@@ -57,9 +49,11 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
 
     key = jax.random.key(seed)
     if auto_beta:
-        path = cronos.solve_path(x, y, config, key=key, gates=given_gates,
-                                 x_val=None if val_data is None else val_data[0],
-                                 y_val=None if val_data is None else val_data[1])
+        with tqdm(total=16, desc="β path", unit="β", leave=False, disable=None) as bar:
+            path = cronos.solve_path(x, y, config, key=key, gates=given_gates, num=16,
+                                     x_val=None if val_data is None else val_data[0],
+                                     y_val=None if val_data is None else val_data[1],
+                                     callback=lambda point: bar.update(1))
         solution = path.best
         config = dataclasses.replace(config, beta=path.points[path.best_index].beta)
         write_path(out, path)
@@ -74,10 +68,11 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
 
     metrics = {**solution.stats._asdict(), "status": solution.status.name}
     task = config.task
+    metric = "mse" if task == "regression" else "accuracy"
     for split, data in (("train", (x, y)), ("val", val_data)):
-        scores = evaluate(solution.params, *data, task) if data is not None else {}
-        for name in ("accuracy", "mse") if task == "regression" else ("accuracy",):
-            metrics[f"{split}_{name}"] = scores.get(name)
+        metrics[f"{split}_accuracy"] = None          # DESIGN's keys, present for regression too
+        metrics[f"{split}_{metric}"] = (cronos.score(solution.params, *data, task)
+                                        if data is not None else None)
     metrics["config"] = {**dataclasses.asdict(config), "seed": seed,
                          "beta_choice": "auto" if auto_beta else "fixed"}
     write_head(out, solution.params)

@@ -2,11 +2,11 @@
 
 from flax_cronos.cronos.admm import (AdmmState, CronosConfig, Solution, SolveStatus, Stats,
                                      solve)
-from flax_cronos.cronos.network import (ConvexParams, classify, network_predict, predict,
+from flax_cronos.cronos.network import (ConvexParams, classify, network_predict, predict, score,
                                         two_layer_weights)
 from flax_cronos.cronos.path import Path, PathPoint, default_betas, solve_path
 from flax_cronos.cronos.problem import activation_patterns, sample_gates
 
 __all__ = ["AdmmState", "ConvexParams", "CronosConfig", "Path", "PathPoint", "Solution",
            "SolveStatus", "Stats", "activation_patterns", "classify", "default_betas",
-           "network_predict", "predict", "sample_gates", "solve", "solve_path", "two_layer_weights"]
+           "network_predict", "predict", "sample_gates", "score", "solve", "solve_path", "two_layer_weights"]

@@ -68,6 +68,14 @@ def classify(outputs: jax.Array) -> jax.Array:
     return jnp.argmax(outputs, axis=-1).astype(jnp.int32)
 
 
+def score(params: ConvexParams, x, y, task: str) -> float:
+    """Accuracy (classification) or mean squared error (regression) of the network on (x, y)."""
+    outputs = np.asarray(predict(params, x))
+    if task == "regression":
+        return float(np.mean((outputs - np.asarray(y, float).reshape(outputs.shape)) ** 2))
+    return float(np.mean(np.asarray(classify(outputs)) == np.asarray(y)))
+
+
 def two_layer_weights(params: ConvexParams, drop_inactive: bool = False) -> dict[str, np.ndarray]:
     """Maps the convex solution to two-layer network weights.
 

@@ -11,14 +11,14 @@ for the choice, and the chosen β is then solved again on all the training rows.
 """
 
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_cronos.cronos import admm, certificate, problem as pb
-from flax_cronos.cronos.network import classify, predict
+from flax_cronos.cronos.network import score
 
 
 class PathPoint(NamedTuple):
@@ -57,13 +57,6 @@ def default_betas(top: float, num: int = 16, ratio: float = 1e-4) -> np.ndarray:
     return np.geomspace(top, top * ratio, num)
 
 
-def _score(params, x, y, task: str) -> float:
-    outputs = np.asarray(predict(params, x))
-    if task == "regression":
-        return float(np.mean((outputs - np.asarray(y, float).reshape(outputs.shape)) ** 2))
-    return float(np.mean(np.asarray(classify(outputs)) == np.asarray(y)))
-
-
 def _restart(state: admm.AdmmState, problem: pb.Problem, config: admm.CronosConfig):
     """Carries an ADMM state to a new β: ρ for the new β, counters and residuals reset."""
     rho = admm.default_rho(problem, config.activation) if config.rho is None else config.rho
@@ -77,7 +70,8 @@ def _restart(state: admm.AdmmState, problem: pb.Problem, config: admm.CronosConf
 
 def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None, *,
                key: jax.Array, x_val=None, y_val=None, gates=None, holdout: float = 0.2,
-               holdout_seed: int = 0, num: int = 16, ratio: float = 1e-4) -> Path:
+               holdout_seed: int = 0, num: int = 16, ratio: float = 1e-4,
+               callback: Optional[Callable[[PathPoint], None]] = None) -> Path:
     """Solves a warm-started β path and picks β on validation data.
 
     Args:
@@ -88,6 +82,7 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
         x_val, y_val: validation data; without them a ``holdout`` fraction of the training
             rows (a permutation seeded by ``holdout_seed``) is used.
         gates: optional [d, P] gates.
+        callback: called with each ``PathPoint`` when it is solved (progress bars).
 
     Returns:
         A ``Path``.
@@ -130,8 +125,10 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
                                time.perf_counter() - start)
         active = sum(int(np.sum(np.linalg.norm(np.asarray(g), axis=1) > 0))
                      for g in (solution.params.v, solution.params.w) if g is not None)
-        points.append(PathPoint(float(beta), solution, _score(solution.params, fit_x, fit_y, config.task),
-                                _score(solution.params, x_val, y_val, config.task), active))
+        points.append(PathPoint(float(beta), solution, score(solution.params, fit_x, fit_y, config.task),
+                                score(solution.params, x_val, y_val, config.task), active))
+        if callback is not None:
+            callback(points[-1])
 
     metric = "mse" if config.task == "regression" else "accuracy"
     values = np.array([p.val_metric for p in points])
