@@ -10,6 +10,7 @@ Without validation data, a seeded random ``holdout`` fraction of the training ro
 for the choice, and the chosen β is then solved again on all the training rows.
 """
 
+import dataclasses
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -115,7 +116,7 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     points, state = [], None
     for beta in betas:
         start = time.perf_counter()
-        point_config = admm.CronosConfig(**{**config.__dict__, "beta": float(beta)})
+        point_config = dataclasses.replace(config, beta=float(beta))
         point_problem = problem._replace(beta=jnp.asarray(beta, problem.x.dtype) / problem.scale)
         state = (admm.init_state(point_problem, point_config) if state is None
                  else _restart(state, point_problem, point_config))
@@ -135,6 +136,6 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     best_index = int(np.argmin(values) if metric == "mse" else np.argmax(values))
     best = points[best_index].solution
     if refit:
-        best = admm.solve(x, y, admm.CronosConfig(**{**config.__dict__, "beta": points[best_index].beta}),
+        best = admm.solve(x, y, dataclasses.replace(config, beta=points[best_index].beta),
                           key=key, gates=gates)
     return Path(points, best_index, best, metric, top)
