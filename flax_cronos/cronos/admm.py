@@ -341,24 +341,39 @@ def default_rho(problem: pb.Problem, activation: str) -> jax.Array:
     return jnp.clip(RHO_SCALE * jnp.sqrt(ratio), 1e-3, 1.0)
 
 
-def init_state(problem: pb.Problem, config: CronosConfig) -> AdmmState:
-    """Zero iterates, ρ from the config or ``default_rho``, residuals at the largest float."""
+def init_state(problem: pb.Problem, config: CronosConfig,
+               init: Optional[ConvexParams] = None) -> AdmmState:
+    """Iterates u = v = ``init`` (zero by default) and λ = 0, ρ from the config or
+    ``default_rho``, residuals at the largest float."""
     n, dim = problem.x.shape
     patterns, outputs = problem.masks.shape[1], problem.targets.shape[1]
     halves = pb.halves(config.activation)
     dtype = problem.x.dtype
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
+    if init is not None:
+        weights = _normalised_weights(problem, init, weights.shape)
+    lam = jnp.zeros_like(weights)
     active = None
     if config.activation == "relu":
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = jnp.asarray(jnp.finfo(dtype).max, dtype)
     rho = default_rho(problem, config.activation) if config.rho is None else config.rho
-    return AdmmState(u=weights, v=weights, lam=weights, active=active, dual_active=active,
+    return AdmmState(u=weights, v=weights, lam=lam, active=active, dual_active=active,
                      gap=unknown, rho=jnp.asarray(rho, dtype),
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,
                      projections_complete=jnp.asarray(True))
+
+
+def _normalised_weights(problem: pb.Problem, init: ConvexParams, shape) -> jax.Array:
+    """A solution's weights on the normalised program's scale and layout: [H, d, P, C]."""
+    groups = [init.v] if init.w is None else [init.v, init.w]
+    weights = jnp.moveaxis(jnp.stack([jnp.asarray(g, problem.x.dtype) for g in groups]), 2, 1)
+    if weights.shape != shape:
+        raise ValueError(f"init has weights of shape {weights.shape[1:]} per half "
+                         f"({len(groups)} halves); this problem needs {shape}")
+    return weights * problem.scale
 
 
 # ----------------------------------------------------------------------------- solve
@@ -464,6 +479,7 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
 
 
 def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=None,
+          init: Optional[ConvexParams] = None,
           callback: Optional[Callable[[AdmmState], None]] = None,
           throw: bool = False) -> Solution:
     """Solves the convex two-layer ReLU program of DESIGN.md with CRONOS.
@@ -474,6 +490,8 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
         config: solver settings.
         key: PRNG key for the gates and the Nyström sketch.
         gates: optional [d, P] gates to use instead of sampling (d + 1 rows with intercept).
+        init: a solution to start ADMM from (a warm start: same activation, d, P and C),
+            e.g. the previous round's head in CRONOS-AM; default zero.
         callback: called with the ``AdmmState`` every ``CHUNK`` iterations (progress bars).
         throw: raise RuntimeError unless the status is CONVERGED.
 
@@ -485,7 +503,7 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
     """
     start = time.perf_counter()
     problem, precond, gates = prepare(x, y, config, key=key, gates=gates)
-    state = iterate(problem, precond, init_state(problem, config), config, callback)
+    state = iterate(problem, precond, init_state(problem, config, init), config, callback)
     jax.block_until_ready(state)
     solution = finish(problem, state, gates, config, time.perf_counter() - start)
     if throw and solution.status != SolveStatus.CONVERGED:

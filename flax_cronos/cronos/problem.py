@@ -16,7 +16,7 @@ The solver works on X̂ = X / σ with σ = ‖X‖₂ (so ‖X̂‖₂ = 1). The
 solution σ·u: every statistic is unchanged, and the data scale no longer matters to ADMM.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -72,11 +72,14 @@ def check_features(x, name: str = "x") -> np.ndarray:
     return x
 
 
-def encode_targets(y, task: str, n: int, name: str = "y") -> tuple[np.ndarray, int]:
+def encode_targets(y, task: str, n: int, name: str = "y",
+                   num_classes: Optional[int] = None) -> tuple[np.ndarray, int]:
     """Encodes labels or values as the [n, C] target matrix of the program.
 
     Classification: integer labels 0..C−1. Two classes give C = 1 output with targets ±1
     (label 1 → +1, label 0 → −1); more give one-hot rows. Regression: [n] or [n, C] floats.
+    ``num_classes`` fixes the number of classes (validation labels encoded like the
+    training labels); by default it is the largest label + 1, and two must occur.
 
     Returns:
         (targets [n, C] float64, number of classes; 0 for regression).
@@ -97,9 +100,12 @@ def encode_targets(y, task: str, n: int, name: str = "y") -> tuple[np.ndarray, i
     labels = y.astype(np.int64)
     if np.any(labels != y) or labels.min() < 0:
         raise ValueError(f"{name} must hold integer class labels 0..C-1")
-    num_classes = int(labels.max()) + 1
-    if np.unique(labels).size < 2:
-        raise ValueError(f"{name} holds a single class ({labels[0]}); need at least two")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+        if np.unique(labels).size < 2:
+            raise ValueError(f"{name} holds a single class ({labels[0]}); need at least two")
+    elif labels.max() >= num_classes:
+        raise ValueError(f"{name} has label {labels.max()} but there are {num_classes} classes")
     if num_classes == 2:
         return (2.0 * labels - 1.0).reshape(n, 1), 2
     return np.eye(num_classes)[labels], num_classes

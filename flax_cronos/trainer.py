@@ -1,0 +1,385 @@
+"""CRONOS-AM: convex solves of the head alternating with Optax steps on the backbone.
+
+The network is ``head(backbone(x))`` with a ``ConvexHead``. Checkpoint r (r = 0 … rounds) holds
+the network right after its r-th convex solve:
+
+    round 0:  X̃ = backbone(X) on the whole training set;  head ← CRONOS(X̃, Y)
+    round r:  K Optax steps on the trainable backbone parameters (the head frozen), then
+              X̃ = backbone(X);  head ← CRONOS(X̃, Y)
+
+so ``rounds = 0`` is the "no fine-tuning" setting (features once, a convex head), and every
+checkpoint's head is the optimal head of its backbone. The gates are the head's and stay fixed;
+the patterns change as X̃ does. The backbone loss is the paper's MSE on the ±1 / one-hot targets
+of ``cronos.problem.encode_targets``, or cross-entropy.
+
+Determinism and resume: the minibatch of global step s is a slice of the permutation of epoch
+⌊s / (n / B)⌋ seeded by (seed, epoch), and each solve's key is ``fold_in(key, round)``, so a
+run resumed from checkpoint r replays exactly what the uninterrupted run did after it.
+"""
+
+import dataclasses
+import functools
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from flax_cronos import cronos
+from flax_cronos.checkpoint import RunCheckpoints, check_run_config
+from flax_cronos.cronos.problem import encode_targets
+from flax_cronos.head import ConvexHead, head_params
+from flax_cronos.run_log import RunLog
+
+LOSSES = ("mse", "cross_entropy")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlternatingConfig:
+    """Settings of CRONOS-AM (the head's own settings are a ``cronos.CronosConfig``).
+
+    Attributes:
+        rounds: backbone phases; the run makes ``rounds + 1`` convex solves.
+        steps_per_round: K, Optax steps on the backbone between two solves.
+        batch_size: minibatch of the backbone steps.
+        loss: "mse" (on ±1 / one-hot targets, the paper's) or "cross_entropy".
+        trainable: regex on parameter paths ("backbone/Dense_0/kernel") selecting what Optax
+            trains; the rest (always the head) stays fixed.
+        warm_start: start each solve from the previous round's head instead of zero.
+        auto_beta: choose β at round 0 on a warm-started path (``cronos.solve_path``, 20% of
+            the training rows held out) and keep it; otherwise ``CronosConfig.beta``.
+        feature_batch_size: rows per device call when extracting features and evaluating.
+        seed: parameters, gates, sketches and data order.
+        max_to_keep: latest checkpoints kept (the best one by validation accuracy is kept too).
+    """
+
+    rounds: int = 10
+    steps_per_round: int = 10
+    batch_size: int = 1024
+    loss: str = "mse"
+    trainable: str = r"^backbone/"
+    warm_start: bool = False
+    auto_beta: bool = False
+    feature_batch_size: int = 1024
+    seed: int = 0
+    max_to_keep: int = 3
+
+    def check(self) -> None:
+        """Raises ValueError naming the first impossible setting."""
+        for name in ("steps_per_round", "batch_size", "feature_batch_size", "max_to_keep"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        if not isinstance(self.rounds, int) or self.rounds < 0:
+            raise ValueError(f"rounds must be an integer >= 0; got {self.rounds!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}; got {self.loss!r}")
+        try:
+            re.compile(self.trainable)
+        except re.error as error:
+            raise ValueError(f"trainable is not a regular expression ({error}): {self.trainable!r}")
+
+
+class Network(nn.Module):
+    """``head(backbone(x))``; parameters ``{'backbone': …, 'head': …}``."""
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def __call__(self, inputs):
+        return self.head(self.backbone(inputs))
+
+    def features(self, inputs):
+        return self.backbone(inputs)
+
+
+class TrainResult(NamedTuple):
+    network: Network
+    params: dict
+    history: list[dict]
+
+
+# ----------------------------------------------------------------------------- data helpers
+
+
+def num_rows(inputs) -> int:
+    """Rows of an input pytree (an array, or a dict such as {'input_ids', 'attention_mask'})."""
+    lengths = {len(leaf) for leaf in jax.tree.leaves(inputs)}
+    if len(lengths) != 1:
+        raise ValueError(f"inputs must be arrays with the same number of rows; got {sorted(lengths)}")
+    return lengths.pop()
+
+
+def take(inputs, index):
+    return jax.tree.map(lambda leaf: leaf[index], inputs)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Rows of global step ``step``: epochs are seeded permutations cut into n // B batches."""
+    epoch, position = divmod(step, n // batch_size)
+    order = _epoch_order(n, seed, epoch)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def map_batches(fn: Callable, inputs, batch_size: int, desc: str, progress: bool) -> np.ndarray:
+    """``fn`` over fixed-size batches (the last one padded), gathered on the host.
+
+    Only one batch of inputs is on the device at a time; ``fn`` compiles once.
+    """
+    n = num_rows(inputs)
+    outputs = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False,
+                      disable=not progress):
+        batch = take(inputs, slice(start, start + batch_size))
+        rows = num_rows(batch)
+        if rows < batch_size:
+            batch = jax.tree.map(lambda a: np.concatenate(
+                [a, np.repeat(a[-1:], batch_size - rows, axis=0)]), batch)
+        outputs.append(np.asarray(fn(batch))[:rows])
+    return np.concatenate(outputs)
+
+
+# ----------------------------------------------------------------------------- losses, labels
+
+
+def loss_value(outputs: jax.Array, targets: jax.Array, loss: str) -> jax.Array:
+    """Mean loss of outputs [n, C] against encoded targets [n, C] (±1 for C = 1, one-hot)."""
+    if loss == "mse":
+        return jnp.mean((outputs - targets) ** 2)
+    if outputs.shape[-1] == 1:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(outputs[:, 0], targets[:, 0] > 0))
+    return jnp.mean(optax.softmax_cross_entropy(outputs, targets))
+
+
+def path_name(path) -> str:
+    """'backbone/Dense_0/kernel' for a pytree key path."""
+    return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def trainable_labels(params, pattern: str):
+    """'train' for parameters whose path matches ``pattern``, 'frozen' for the rest.
+
+    Raises:
+        ValueError: when the pattern selects a head parameter or nothing at all.
+    """
+    regex = re.compile(pattern)
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if regex.search(path_name(path)) else "frozen", params)
+    chosen = [path_name(p) for p, label in jax.tree_util.tree_leaves_with_path(labels)
+              if label == "train"]
+    if any(name.startswith("head/") for name in chosen):
+        raise ValueError(f"trainable {pattern!r} selects head parameters "
+                         f"({[n for n in chosen if n.startswith('head/')][0]}); the head is solved, "
+                         "not trained")
+    if not chosen:
+        names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        raise ValueError(f"trainable {pattern!r} selects no parameter; the paths are {names[:8]}…")
+    return labels
+
+
+def default_optimizer() -> optax.GradientTransformation:
+    """D-Adaptation AdamW with learning rate 1, as in the paper: nothing to tune."""
+    return optax.contrib.dadapt_adamw(learning_rate=1.0)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class AlternatingTrainer:
+    """CRONOS-AM for any Linen backbone whose output is a [n, d] feature matrix.
+
+    Args:
+        backbone: a Linen module; ``backbone.apply({'params': p}, x)`` gives features [n, d].
+        cronos_config: settings of the head and its solves.
+        config: settings of the alternation.
+        optimizer: the backbone's Optax optimizer (default ``default_optimizer()``); the
+            frozen parameters are masked with ``optax.partition``.
+    """
+
+    def __init__(self, backbone: nn.Module, cronos_config: cronos.CronosConfig = cronos.CronosConfig(),
+                 config: AlternatingConfig = AlternatingConfig(),
+                 optimizer: Optional[optax.GradientTransformation] = None):
+        cronos_config.check()
+        config.check()
+        self.backbone = backbone
+        self.cronos_config = cronos_config
+        self.config = config
+        self.optimizer = default_optimizer() if optimizer is None else optimizer
+
+    def network(self, outputs: int) -> Network:
+        c = self.cronos_config
+        head = ConvexHead(patterns=c.patterns, outputs=outputs, activation=c.activation,
+                          intercept=c.intercept, param_dtype=jnp.dtype(c.dtype))
+        return Network(self.backbone, head)
+
+    def fit(self, train: tuple[Any, np.ndarray], val: Optional[tuple[Any, np.ndarray]] = None,
+            workdir: Optional[Path] = None, run_config: Optional[dict] = None,
+            progress: bool = True) -> TrainResult:
+        """Runs (or resumes) CRONOS-AM.
+
+        Args:
+            train: (inputs, labels); inputs an array [n, …] or a pytree of them, labels [n].
+            val: validation (inputs, labels), evaluated after every solve.
+            workdir: run directory for checkpoints and logs; an existing run there is resumed
+                from its last readable checkpoint. None keeps everything in memory.
+            run_config: extra settings recorded in ``config.json`` (e.g. the recipe); a resumed
+                run must match them, except ``trainer.rounds``.
+            progress: show progress bars.
+
+        Returns:
+            ``TrainResult(network, params, history)``; ``history`` has one record per round.
+        """
+        c = self.config
+        inputs, labels = train
+        n = num_rows(inputs)
+        targets, classes = encode_targets(labels, self.cronos_config.task, n, "train labels")
+        if n // c.batch_size == 0 and c.rounds > 0:
+            raise ValueError(f"batch_size {c.batch_size} exceeds the {n} training rows")
+        if val is not None:
+            val_targets, _ = encode_targets(val[1], self.cronos_config.task, num_rows(val[0]),
+                                            "val labels", classes or None)
+        network = self.network(targets.shape[1])
+        params = network.init(jax.random.key(c.seed), take(inputs, slice(0, 1)))["params"]
+        optimizer = optax.partition({"train": self.optimizer, "frozen": optax.set_to_zero()},
+                                    trainable_labels(params, c.trainable))
+        state = {"params": params, "opt_state": optimizer.init(params),
+                 "rng": jax.random.key_data(jax.random.key(c.seed)),
+                 "round": jnp.asarray(-1), "step": jnp.asarray(0)}
+        meta = {"history": [], "seconds": 0.0, "beta": self.cronos_config.beta}
+
+        checkpoints = None
+        if workdir is not None:
+            check_run_config(workdir, self._fingerprint(network, n, run_config),
+                             may_change=("alternating.rounds", "recipe.trainer.rounds"))
+            checkpoints = RunCheckpoints(workdir, c.max_to_keep)
+            restored = checkpoints.restore_latest(state)
+            if restored is not None:
+                state, meta = restored.state, restored.meta
+        log = RunLog(workdir, meta["history"])
+
+        train_step = self._train_step(network, optimizer)
+        try:
+            for round_ in range(int(state["round"]) + 1, c.rounds + 1):
+                start = time.perf_counter()
+                state, train_loss = self._backbone_phase(state, train_step, inputs, targets,
+                                                         round_, progress)
+                state, solution, beta, train_metric = self._solve_phase(state, network, inputs, labels,
+                                                          meta["beta"], round_, progress)
+                meta["seconds"] += time.perf_counter() - start
+                meta["beta"] = beta
+                record = self._record(state, solution, train_loss, train_metric,
+                                      meta["seconds"], beta)
+                if val is not None:
+                    record.update(self.evaluate(network, state["params"], val[0], val[1],
+                                                val_targets, progress))
+                log.append(record)
+                meta["history"] = log.history
+                if checkpoints is not None:
+                    checkpoints.save(round_, state, meta,
+                                     {"val_accuracy": record.get("val_accuracy") or 0.0})
+        finally:
+            if checkpoints is not None:
+                checkpoints.wait()
+                checkpoints.close()
+        return TrainResult(network, state["params"], log.history)
+
+    # --------------------------------------------------------------------- phases
+
+    def _train_step(self, network: Network, optimizer: optax.GradientTransformation):
+        loss_name = self.config.loss
+
+        @jax.jit
+        def step(params, opt_state, inputs, targets):
+            def loss_fn(p):
+                return loss_value(network.apply({"params": p}, inputs), targets, loss_name)
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        return step
+
+    def _backbone_phase(self, state: dict, train_step, inputs, targets: np.ndarray, round_: int,
+                        progress: bool):
+        """K Optax steps (none in round 0); returns the new state and the mean loss."""
+        if round_ == 0:
+            return state, None
+        c = self.config
+        params, opt_state = state["params"], state["opt_state"]
+        first = int(state["step"])
+        n = len(targets)
+        targets = targets.astype(jnp.dtype(self.cronos_config.dtype))
+        losses = []
+        for step in tqdm(range(first, first + c.steps_per_round), desc=f"round {round_} backbone",
+                         unit="step", leave=False, disable=not progress):
+            index = batch_indices(step, n, c.batch_size, c.seed)
+            params, opt_state, loss = train_step(params, opt_state, take(inputs, index),
+                                                 targets[index])
+            losses.append(loss)
+        loss = float(np.mean(jax.device_get(losses)))
+        return {**state, "params": params, "opt_state": opt_state,
+                "step": jnp.asarray(first + c.steps_per_round)}, loss
+
+    def _solve_phase(self, state: dict, network: Network, inputs, labels: np.ndarray, beta,
+                     round_: int, progress: bool):
+        """Features of the training set, then the head's convex solve."""
+        params = state["params"]
+        features = self.features(network, params, inputs, progress)
+        head = network.head
+        previous = head.to_convex(params["head"])
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), round_)
+        config = dataclasses.replace(self.cronos_config, beta=beta)
+        if self.config.auto_beta and round_ == 0:
+            path = cronos.solve_path(features, labels, config, key=key, gates=previous.gates)
+            solution, config = path.best, dataclasses.replace(config, beta=path.points[path.best_index].beta)
+        else:
+            init = previous if self.config.warm_start and round_ > 0 else None
+            with tqdm(total=config.max_iters, desc=f"round {round_} CRONOS", unit="it",
+                      leave=False, disable=not progress) as bar:
+                solution = cronos.solve(features, labels, config, key=key, gates=previous.gates,
+                                        init=init, callback=lambda s: bar.update(int(s.iteration) - bar.n))
+        weights = {k: jnp.asarray(v, head.param_dtype) for k, v in head_params(solution.params).items()}
+        state = {**state, "params": {**params, "head": weights}, "round": jnp.asarray(round_)}
+        train_metric = cronos.score(solution.params, features, labels, config.task)
+        return state, solution, float(config.beta), train_metric
+
+    def features(self, network: Network, params: dict, inputs, progress: bool = False) -> np.ndarray:
+        """Backbone features [n, d] of ``inputs``, in batches of ``feature_batch_size``."""
+        fn = jax.jit(lambda batch: network.apply({"params": params}, batch, method=Network.features))
+        return map_batches(fn, inputs, self.config.feature_batch_size, "features", progress)
+
+    def evaluate(self, network: Network, params: dict, inputs, labels: np.ndarray,
+                 targets: np.ndarray, progress: bool = False) -> dict:
+        """Validation accuracy and loss of the network."""
+        fn = jax.jit(lambda batch: network.apply({"params": params}, batch))
+        outputs = map_batches(fn, inputs, self.config.feature_batch_size, "evaluate", progress)
+        record = {"val_loss": float(loss_value(outputs, targets.astype(outputs.dtype), self.config.loss))}
+        if self.cronos_config.task == "classification":
+            record["val_accuracy"] = float(np.mean(np.asarray(cronos.classify(outputs)) == labels))
+        return record
+
+    def _record(self, state: dict, solution: cronos.Solution, train_loss, train_metric: float,
+                seconds: float, beta: float) -> dict:
+        stats = solution.stats
+        metric = "train_mse" if self.cronos_config.task == "regression" else "train_accuracy"
+        return {"round": int(state["round"]), "step": int(state["step"]), "seconds": seconds,
+                "train_loss": train_loss, metric: train_metric, "beta": beta,
+                "objective": stats.objective,
+                "duality_gap": stats.duality_gap, "admm_iterations": stats.iterations,
+                "solve_seconds": stats.seconds, "status": solution.status.name}
+
+    def _fingerprint(self, network: Network, n: int, run_config: Optional[dict]) -> dict:
+        """What ``config.json`` records and a resumed run must match."""
+        return {"cronos": dataclasses.asdict(self.cronos_config),
+                "alternating": dataclasses.asdict(self.config),
+                "network": repr(network), "train_rows": n, "recipe": run_config or {}}
