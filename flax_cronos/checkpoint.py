@@ -65,22 +65,27 @@ class RunCheckpoints:
         self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
-    def restore_latest(self, like) -> Optional[Restored]:
-        """The newest readable checkpoint, restored with the structure of ``like``.
+    def restore(self, like, step: Optional[int] = None) -> Optional[Restored]:
+        """Checkpoint ``step`` (default: the newest readable one) with the structure of ``like``.
 
-        A checkpoint that cannot be read (truncated, corrupted, of another structure) is
-        reported with a warning and moved to ``corrupt/``; the one before it is tried next.
-        Returns None when no readable checkpoint exists.
+        Without ``step``, a checkpoint that cannot be read (truncated, corrupted, of another
+        structure) is reported with a warning and moved to ``corrupt/``, and the one before it
+        is tried next. Returns None when there is no readable checkpoint (or no ``step``).
         """
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        for step in sorted(self.steps(), reverse=True):
+        if step is not None:
+            return self._read(step, like) if step in self.steps() else None
+        for latest in sorted(self.steps(), reverse=True):
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-                return Restored(step, restored["state"], restored["meta"])
+                return self._read(latest, like)
             except Exception as error:            # noqa: BLE001 — any unreadable checkpoint
-                self._quarantine(step, error)
+                self._quarantine(latest, error)
         return None
+
+    def _read(self, step: int, like) -> Restored:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        return Restored(step, restored["state"], restored["meta"])
 
     def _quarantine(self, step: int, error: Exception) -> None:
         source = self.workdir.resolve() / "checkpoints" / str(step)

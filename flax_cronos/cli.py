@@ -1,5 +1,7 @@
 """The ``flax-cronos`` command.
 
+    flax-cronos train RECIPE.py --workdir DIR [--config.KEY=VALUE ...]   CRONOS-AM (resumes)
+    flax-cronos evaluate --workdir DIR [--round N|best] [--split val|train]
     flax-cronos fit-head --train train.npz [--val val.npz] --out DIR [solver options]
     flax-cronos demo [--out DIR]      generated data, then fit-head on it
 
@@ -7,6 +9,8 @@ Invalid input ends with a one-line message and exit code 2, never a traceback.
 """
 
 import argparse
+import ast
+import json
 import sys
 from pathlib import Path
 
@@ -59,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, type=Path, help="output directory")
     _solver_arguments(fit)
 
+    train = commands.add_parser(
+        "train", help="CRONOS-AM from a recipe; re-running it resumes an interrupted run",
+        epilog="Settings of the recipe are overridden with --config.KEY=VALUE, e.g. "
+               "--config.trainer.rounds=20 --config.data.classes=(3,5)")
+    train.add_argument("recipe", type=Path, help="recipes/NAME.py (defines get_config())")
+    train.add_argument("--workdir", required=True, type=Path, help="run directory")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of a run's checkpoint")
+    evaluate.add_argument("--workdir", required=True, type=Path, help="run directory")
+    evaluate.add_argument("--round", default=None,
+                          help="a round number, 'best' (validation accuracy); default latest")
+    evaluate.add_argument("--split", choices=("val", "train"), default="val")
+
     demo = commands.add_parser("demo", help="fit a head on generated data")
     demo.add_argument("--out", type=Path, default=Path("checkpoints/demo"))
     demo.add_argument("--n", type=int, default=4000, help="training points")
@@ -67,8 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     try:
+        if args.command == "train":
+            return run_train(args, config_overrides(parser, unknown))
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if args.command == "evaluate":
+            return run_evaluate(args)
         if args.command == "demo":
             return run_demo(args)
         return run_fit_head(args)
@@ -76,6 +101,51 @@ def main(argv=None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"flax-cronos: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def config_overrides(parser: argparse.ArgumentParser, arguments: list[str]) -> dict:
+    """``--config.a.b=VALUE`` (or ``--config.a.b VALUE``) → {'a.b': value}; values are Python
+    literals (numbers, None, tuples, booleans) or else plain strings."""
+    overrides, arguments = {}, list(arguments)
+    while arguments:
+        argument = arguments.pop(0)
+        if not argument.startswith("--config."):
+            parser.error(f"unrecognized argument {argument!r}; settings are --config.KEY=VALUE")
+        key, equals, text = argument[len("--config."):].partition("=")
+        if not equals:
+            if not arguments:
+                parser.error(f"{argument} needs a value")
+            text = arguments.pop(0)
+        try:
+            overrides[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            overrides[key] = text
+    return overrides
+
+
+def run_train(args, overrides: dict) -> int:
+    from flax_cronos import experiment
+
+    config = experiment.load_recipe(args.recipe, overrides)
+    result = experiment.train(config, args.workdir, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    print(f"round {last.get('round')}: val_accuracy={last.get('val_accuracy', float('nan')):.4f} "
+          f"train_accuracy={last.get('train_accuracy', float('nan')):.4f} "
+          f"{last.get('seconds', 0.0):.1f}s -> {args.workdir}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from flax_cronos import experiment
+
+    round_ = args.round
+    if round_ not in (None, "best"):
+        try:
+            round_ = int(round_)
+        except ValueError:
+            raise ValueError(f"--round must be a number or 'best'; got {round_!r}") from None
+    print(json.dumps(experiment.evaluate(args.workdir, round_, args.split)))
+    return 0
 
 
 def run_fit_head(args) -> int:

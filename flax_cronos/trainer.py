@@ -248,13 +248,7 @@ class AlternatingTrainer:
         if val is not None:
             val_targets, _ = encode_targets(val[1], self.cronos_config.task, num_rows(val[0]),
                                             "val labels", classes or None)
-        network = self.network(targets.shape[1])
-        params = network.init(jax.random.key(c.seed), take(inputs, slice(0, 1)))["params"]
-        optimizer = optax.partition({"train": self.optimizer, "frozen": optax.set_to_zero()},
-                                    trainable_labels(params, c.trainable))
-        state = {"params": params, "opt_state": optimizer.init(params),
-                 "rng": jax.random.key_data(jax.random.key(c.seed)),
-                 "round": jnp.asarray(-1), "step": jnp.asarray(0)}
+        network, optimizer, state = self.initial_state(inputs, targets.shape[1])
         meta = {"history": [], "seconds": 0.0, "beta": self.cronos_config.beta}
 
         checkpoints = None
@@ -262,7 +256,7 @@ class AlternatingTrainer:
             check_run_config(workdir, self._fingerprint(network, n, run_config),
                              may_change=("alternating.rounds", "recipe.trainer.rounds"))
             checkpoints = RunCheckpoints(workdir, c.max_to_keep)
-            restored = checkpoints.restore_latest(state)
+            restored = checkpoints.restore(state)
             if restored is not None:
                 state, meta = restored.state, restored.meta
         log = RunLog(workdir, meta["history"])
@@ -292,6 +286,36 @@ class AlternatingTrainer:
                 checkpoints.wait()
                 checkpoints.close()
         return TrainResult(network, state["params"], log.history)
+
+    def initial_state(self, inputs, outputs: int):
+        """The network for ``outputs`` outputs, its masked optimizer and the state before round 0:
+        ``{'params', 'opt_state', 'rng', 'round', 'step'}`` (what a checkpoint holds)."""
+        c = self.config
+        network = self.network(outputs)
+        params = network.init(jax.random.key(c.seed), take(inputs, slice(0, 1)))["params"]
+        optimizer = optax.partition({"train": self.optimizer, "frozen": optax.set_to_zero()},
+                                    trainable_labels(params, c.trainable))
+        state = {"params": params, "opt_state": optimizer.init(params),
+                 "rng": jax.random.key_data(jax.random.key(c.seed)),
+                 "round": jnp.asarray(-1), "step": jnp.asarray(0)}
+        return network, optimizer, state
+
+    def load(self, workdir: Path, inputs, outputs: int, round_: Optional[int] = None):
+        """The network and parameters of a run's checkpoint (the latest by default).
+
+        Raises:
+            ValueError: when the run directory has no readable checkpoint (of that round).
+        """
+        network, _, state = self.initial_state(inputs, outputs)
+        checkpoints = RunCheckpoints(workdir, self.config.max_to_keep)
+        try:
+            restored = checkpoints.restore(state, round_)
+        finally:
+            checkpoints.close()
+        if restored is None:
+            raise ValueError(f"{workdir} has no readable checkpoint"
+                             + ("" if round_ is None else f" of round {round_}"))
+        return network, restored.state["params"], restored.meta
 
     # --------------------------------------------------------------------- phases
 

@@ -343,23 +343,26 @@ def default_rho(problem: pb.Problem, activation: str) -> jax.Array:
 
 def init_state(problem: pb.Problem, config: CronosConfig,
                init: Optional[ConvexParams] = None) -> AdmmState:
-    """Iterates u = v = ``init`` (zero by default) and λ = 0, ρ from the config or
-    ``default_rho``, residuals at the largest float."""
+    """Iterates u = v = ``init`` (zero by default), ρ from the config or ``default_rho``,
+    residuals at the largest float. The dual starts at λ = Fᵀ(Y − Fv)/ρ, which makes the u-step
+    a fixed point at v (λ = 0 would let a warm start look converged after one iteration)."""
     n, dim = problem.x.shape
     patterns, outputs = problem.masks.shape[1], problem.targets.shape[1]
     halves = pb.halves(config.activation)
     dtype = problem.x.dtype
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
+    rho = default_rho(problem, config.activation) if config.rho is None else config.rho
+    rho = jnp.asarray(rho, dtype)
+    lam = jnp.zeros_like(weights)
     if init is not None:
         weights = _normalised_weights(problem, init, weights.shape)
-    lam = jnp.zeros_like(weights)
+        lam = pb.apply_Ft(problem, problem.targets - pb.apply_F(problem, weights), halves) / rho
     active = None
     if config.activation == "relu":
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = jnp.asarray(jnp.finfo(dtype).max, dtype)
-    rho = default_rho(problem, config.activation) if config.rho is None else config.rho
     return AdmmState(u=weights, v=weights, lam=lam, active=active, dual_active=active,
-                     gap=unknown, rho=jnp.asarray(rho, dtype),
+                     gap=unknown, rho=rho,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,
