@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_cronos.cronos import ConvexParams, Solution, predict
+from flax_cronos.cronos.problem import ACTIVATIONS
 
 
 class ConvexHead(nn.Module):
@@ -43,6 +44,11 @@ class ConvexHead(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        """features: [n, d] → [n, C], computed in ``param_dtype``."""
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}; got {self.activation!r}")
+        if features.ndim != 2:
+            raise ValueError(f"features must be [n, d]; got shape {features.shape}")
         dim = features.shape[-1] + int(self.intercept)
         weight_shape = (self.patterns, dim, self.outputs)
         gates = self.param("gates", nn.initializers.normal(1.0), (dim, self.patterns),

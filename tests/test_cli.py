@@ -1,9 +1,10 @@
-"""``flax-cronos fit-head`` end to end, in a subprocess as a user runs it."""
+"""The ``flax-cronos`` command end to end, in a subprocess as a user runs it."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,14 @@ import pytest
 from flax_cronos.data.synthetic import teacher_classes
 
 
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_MNIST = ROOT.parent / "shared" / "data" / "fashion-mnist"
+
+
 def run_cli(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "flax_cronos.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +91,45 @@ def test_beta_auto_beats_the_smallest_beta_on_noisy_data(tmp_path):
     at_smallest = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
     assert chosen["config"]["beta"] == path["chosen_beta"]
     assert chosen["val_accuracy"] > at_smallest["val_accuracy"]
+
+
+SMALL_RUN = ["--config.data.train_size=600", "--config.data.val_size=300",
+             "--config.model.widths=(16,)", "--config.trainer.rounds=1",
+             "--config.trainer.steps_per_round=3", "--config.trainer.batch_size=64",
+             "--config.trainer.auto_beta=False", "--config.cronos.max_iters=30", "--quiet"]
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"no Fashion-MNIST at {FASHION_MNIST}")
+def test_train_recipe_then_evaluate_its_best_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    trained = run_cli("train", "recipes/mlp_fashion_mnist.py", "--workdir", workdir, *SMALL_RUN)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["round"] for record in history] == [0, 1]
+    assert (workdir / "val_accuracy.png").stat().st_size > 0
+    assert json.loads((workdir / "config.json").read_text())["recipe"]["model"]["widths"] == [16]
+
+    evaluated = run_cli("evaluate", "--workdir", workdir, "--round", "best")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout)
+    best = max(history, key=lambda record: record["val_accuracy"])
+    assert result["round"] == best["round"]
+    assert result["accuracy"] == pytest.approx(best["val_accuracy"])
+
+    again = run_cli("train", "recipes/mlp_fashion_mnist.py", "--workdir", workdir, *SMALL_RUN)
+    assert again.returncode == 0 and again.stdout == trained.stdout     # nothing left to do
+    other = run_cli("train", "recipes/mlp_fashion_mnist.py", "--workdir", workdir, *SMALL_RUN,
+                    "--config.cronos.patterns=4")
+    assert other.returncode == 2
+    assert "cronos.patterns: run has 10, now 4" in other.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.trainer.nope=1"], "the recipe has no such setting"),
+    (["--config.cronos.patterns=many"], "cannot be casted"),
+    (["--oops"], "unrecognized argument"),
+])
+def test_bad_train_settings_are_one_line_and_exit_code_2(tmp_path, args, message):
+    result = run_cli("train", "recipes/mlp_fashion_mnist.py", "--workdir", tmp_path, *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr

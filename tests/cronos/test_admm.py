@@ -1,5 +1,7 @@
 """CRONOS against an interior-point solver (CVXPY + Clarabel) and against closed-form properties."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +141,32 @@ def test_one_admm_step_is_a_pure_jittable_function():
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-14)
     assert int(once.iteration) == 1 and float(once.primal_residual) > 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated_relu"])
+def test_warm_start_reaches_the_cvxpy_optimum_and_stays_at_it(activation):
+    """From a 3-iteration point ADMM still converges to CVXPY's optimum; from the optimum
+    it stops within one gap check, without moving (the dual is started consistently)."""
+    x, y = data(3, seed=5)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=0.5, activation=activation,
+                                 intercept=True, dtype="float64", tol=1e-7, max_iters=20_000)
+    key = jax.random.key(2)
+    rough = cronos.solve(x, y, dataclasses.replace(config, max_iters=3), key=key)
+    warm = cronos.solve(x, y, config, key=key, init=rough.params)
+    expected = reference_objective(x, y, np.asarray(warm.params.gates), 0.5, activation)
+    assert rough.stats.objective > expected * (1 + 1e-4)
+    assert warm.status == cronos.SolveStatus.CONVERGED
+    assert warm.stats.objective == pytest.approx(expected, rel=1e-4)
+
+    again = cronos.solve(x, y, config, key=key, init=warm.params)
+    assert again.stats.iterations <= 50
+    assert again.stats.objective == pytest.approx(warm.stats.objective, rel=1e-6)
+
+
+def test_warm_start_of_another_shape_is_a_clear_error():
+    x, y = data(3)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=0.5, max_iters=5)
+    gated = cronos.solve(x, y, dataclasses.replace(config, activation="gated_relu"),
+                         key=jax.random.key(0))
+    with pytest.raises(ValueError, match="init has weights of shape"):
+        cronos.solve(x, y, config, key=jax.random.key(0), init=gated.params)

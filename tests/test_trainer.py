@@ -1,0 +1,236 @@
+"""AlternatingTrainer (CRONOS-AM): what each round computes, what Optax may touch, and resume.
+
+Resume is tested the way users meet it: a training process is SIGKILLed (mid-round, and in the
+middle of writing a checkpoint), the same command is run again, and the final parameters must
+equal those of an uninterrupted run bit for bit.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from flax_cronos import cronos
+from flax_cronos.cronos import certificate
+from flax_cronos.cronos.admm import prepare
+from flax_cronos.data.synthetic import teacher_classes
+from flax_cronos.models import MLP
+from flax_cronos.trainer import AlternatingConfig, AlternatingTrainer
+from tests.reference import cvxpy_solve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_data(n=240, classes=3, seed=0):
+    x, y = teacher_classes(n + n // 4, dim=6, num_classes=classes, seed=seed)
+    x = x.astype(np.float32)
+    return (x[:n], y[:n]), (x[n:], y[n:])
+
+
+def trainer(rounds=2, **overrides):
+    settings = dict(rounds=rounds, steps_per_round=4, batch_size=32, warm_start=True)
+    settings.update(overrides)
+    return AlternatingTrainer(MLP(widths=(12,)),
+                              cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=300),
+                              AlternatingConfig(**settings))
+
+
+def leaves(params):
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def test_round_zero_head_is_the_global_optimum_on_the_backbone_features():
+    train, val = small_data(n=120, classes=2)
+    am = AlternatingTrainer(MLP(widths=(8,)),
+                            cronos.CronosConfig(patterns=3, beta=0.1, max_iters=20000, tol=1e-5,
+                                                dtype="float64"),
+                            AlternatingConfig(rounds=0))
+    result = am.fit(train, val, progress=False)
+    features = np.asarray(MLP(widths=(8,)).apply({"params": result.params["backbone"]}, train[0]),
+                          np.float64)
+    head = result.network.head.to_convex(result.params["head"])
+    reference = cvxpy_solve(features, 2.0 * train[1][:, None] - 1.0, np.asarray(head.gates),
+                            0.1, "relu")
+    problem, _, _ = prepare(features, train[1], am.cronos_config, key=jax.random.key(0),
+                            gates=head.gates)
+    weights = np.moveaxis(np.stack([head.v, head.w]), 2, 1) * float(problem.scale)
+    loss, penalty, violation = certificate.objective_terms(problem, weights)
+    assert float(loss + penalty) == pytest.approx(reference[0], rel=1e-3)
+    assert float(violation) < 1e-6
+    assert result.history[0]["val_accuracy"] == pytest.approx(
+        np.mean(np.asarray(cronos.classify(result.network.apply({"params": result.params},
+                                                                 val[0]))) == val[1]))
+
+
+def test_optax_trains_only_the_parameters_the_regex_selects():
+    train, val = small_data()
+    am = AlternatingTrainer(MLP(widths=(12, 10)), cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=50),
+                            AlternatingConfig(rounds=2, steps_per_round=5, batch_size=32,
+                                              trainable=r"^backbone/Dense_1/"))
+    initial = leaves(am.initial_state(train[0], 3)[2]["params"])
+    final = leaves(am.fit(train, val, progress=False).params)
+    assert np.array_equal(final["['backbone']['Dense_0']['kernel']"],
+                          initial["['backbone']['Dense_0']['kernel']"])
+    assert not np.array_equal(final["['backbone']['Dense_1']['kernel']"],
+                              initial["['backbone']['Dense_1']['kernel']"])
+    assert np.array_equal(final["['head']['gates']"], initial["['head']['gates']"])
+
+
+@pytest.mark.parametrize("pattern, message", [(r"head/v", "selects head parameters"),
+                                              (r"^nothing", "selects no parameter")])
+def test_trainable_regex_errors_name_the_problem(pattern, message):
+    train, val = small_data()
+    with pytest.raises(ValueError, match=message):
+        trainer(trainable=pattern).fit(train, val, progress=False)
+
+
+def test_every_checkpoint_holds_the_head_solved_for_its_backbone(tmp_path):
+    """After round r the head is CRONOS's solution on that round's features (same gates, key)."""
+    train, val = small_data()
+    am = trainer(rounds=2, warm_start=False)
+    result = am.fit(train, val, workdir=tmp_path, progress=False)
+    features = am.features(result.network, result.params, train[0])
+    key = jax.random.fold_in(jax.random.key(am.config.seed), 2)
+    gates = result.params["head"]["gates"]
+    again = cronos.solve(features, train[1], am.cronos_config, key=key, gates=gates)
+    np.testing.assert_array_equal(again.params.v, result.params["head"]["v"])
+    assert [r["round"] for r in result.history] == [0, 1, 2]
+    assert [r["step"] for r in result.history] == [0, 4, 8]
+
+
+def test_changed_settings_refuse_to_resume_but_more_rounds_extend_the_run(tmp_path):
+    train, val = small_data()
+    trainer(rounds=1).fit(train, val, workdir=tmp_path, progress=False)
+    other = AlternatingTrainer(MLP(widths=(12,)),
+                               cronos.CronosConfig(patterns=6, beta=1e-2, max_iters=300),
+                               AlternatingConfig(rounds=1, steps_per_round=4, batch_size=32,
+                                                 warm_start=True))
+    with pytest.raises(ValueError, match="cronos.patterns: run has 4, now 6"):
+        other.fit(train, val, workdir=tmp_path, progress=False)
+
+    extended = trainer(rounds=2).fit(train, val, workdir=tmp_path, progress=False)
+    fresh = trainer(rounds=2).fit(train, val, workdir=tmp_path / "fresh", progress=False)
+    for name, value in leaves(fresh.params).items():
+        np.testing.assert_array_equal(leaves(extended.params)[name], value, err_msg=name)
+
+
+def truncate_array_data(state_dir: Path) -> None:
+    for data_file in state_dir.rglob("d/*"):
+        with open(data_file, "r+b") as stream:
+            stream.truncate(data_file.stat().st_size // 2)
+
+
+def garble_metadata(state_dir: Path) -> None:
+    metadata = state_dir / "_METADATA"
+    metadata.write_bytes(b"\x00garbage" + metadata.read_bytes()[40:])
+
+
+@pytest.mark.parametrize("damage", [truncate_array_data, garble_metadata])
+def test_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, damage):
+    train, val = small_data()
+    first = trainer(rounds=2).fit(train, val, workdir=tmp_path, progress=False)
+    damage(tmp_path / "checkpoints" / "2" / "state")
+
+    with pytest.warns(RuntimeWarning, match="could not be read"):
+        again = trainer(rounds=2).fit(train, val, workdir=tmp_path, progress=False)
+    assert list((tmp_path / "corrupt").iterdir())[0].name.startswith("2-")
+    for name, value in leaves(first.params).items():
+        np.testing.assert_array_equal(leaves(again.params)[name], value, err_msg=name)
+    assert [r["round"] for r in again.history] == [0, 1, 2]
+
+
+def test_the_latest_and_the_best_checkpoints_are_kept(tmp_path):
+    train, val = small_data()
+    result = trainer(rounds=3, max_to_keep=1).fit(train, val, workdir=tmp_path, progress=False)
+    best = max(result.history, key=lambda r: r["val_accuracy"])["round"]
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({3, best})
+
+
+# ----------------------------------------------------------------------------- SIGKILL and resume
+
+RUN_SCRIPT = textwrap.dedent('''
+    """Trains a small CRONOS-AM run in argv[1]; argv[2] says where to SIGKILL itself."""
+    import json, os, signal, sys
+    import jax
+    import numpy as np
+    import flax_cronos.trainer as trainer_module
+    from tests.test_trainer import leaves, small_data, trainer
+
+    workdir, kill = sys.argv[1], sys.argv[2]
+    if kill.startswith("step:"):                   # mid-round: at a backbone step
+        at, batch_indices = int(kill[5:]), trainer_module.batch_indices
+        def killing_batch_indices(step, *args):
+            if step == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return batch_indices(step, *args)
+        trainer_module.batch_indices = killing_batch_indices
+    elif kill.startswith("commit:"):               # mid-save: as checkpoint N is committed
+        from orbax.checkpoint._src.path import atomicity
+        at, finalize = kill[7:], atomicity.AtomicRenameTemporaryPath.finalize
+        def killing_finalize(self, *args, **kwargs):
+            if self.get_final().name == at:        # the step folder, its items already written
+                os.kill(os.getpid(), signal.SIGKILL)
+            return finalize(self, *args, **kwargs)
+        atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+    train, val = small_data()
+    result = trainer(rounds=3).fit(train, val, workdir=workdir, progress=False)
+    np.savez(os.path.join(workdir, "final.npz"), **leaves(result.params))
+''')
+
+
+def run_training(workdir: Path, kill: str) -> subprocess.CompletedProcess:
+    script = workdir.parent / "run_script.py"
+    script.write_text(RUN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, str(script), str(workdir), kill], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def final_params(workdir: Path) -> dict:
+    with np.load(workdir / "final.npz") as data:
+        return {name: data[name] for name in data.files}
+
+
+def comparable(history_file: Path) -> list[dict]:
+    """Metrics lines without the wall-clock entries."""
+    records = [json.loads(line) for line in history_file.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    completed = run_training(workdir, "none")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize("kill, complete_rounds", [
+    ("step:6", ([0], [0, 1])),      # in round 2's backbone phase; round 1's save may be in flight
+    ("commit:2", ([0, 1],)),        # while committing round 2's checkpoint
+])
+def test_a_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path, uninterrupted, kill,
+                                                                   complete_rounds):
+    workdir = tmp_path / "run"
+    killed = run_training(workdir, kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps in complete_rounds                 # the interrupted round left no checkpoint
+
+    resumed = run_training(workdir, "none")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = final_params(uninterrupted)
+    got = final_params(workdir)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert comparable(workdir / "metrics.jsonl") == comparable(uninterrupted / "metrics.jsonl")
