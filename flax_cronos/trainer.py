@@ -187,6 +187,13 @@ def trainable_labels(params, pattern: str):
     return labels
 
 
+@functools.partial(jax.jit, static_argnames=("network", "method"))
+def _apply(network: Network, params: dict, batch, method=None):
+    """``network.apply``, compiled once per network, method and batch shape (Linen modules
+    compare by their attributes, so the cache outlives one ``fit``)."""
+    return network.apply({"params": params}, batch, method=method)
+
+
 def default_optimizer() -> optax.GradientTransformation:
     """D-Adaptation AdamW with learning rate 1, as in the paper: nothing to tune."""
     return optax.contrib.dadapt_adamw(learning_rate=1.0)
@@ -261,9 +268,12 @@ class AlternatingTrainer:
                 state, meta = restored.state, restored.meta
         log = RunLog(workdir, meta["history"])
 
-        train_step = self._train_step(network, optimizer)
+        first_round = int(state["round"]) + 1
+        train_step = None
+        if max(first_round, 1) <= c.rounds:                 # some backbone phase is left
+            train_step = self._compiled_train_step(network, optimizer, state, inputs, targets)
         try:
-            for round_ in range(int(state["round"]) + 1, c.rounds + 1):
+            for round_ in range(first_round, c.rounds + 1):
                 start = time.perf_counter()
                 state, train_loss = self._backbone_phase(state, train_step, inputs, targets,
                                                          round_, progress)
@@ -319,10 +329,11 @@ class AlternatingTrainer:
 
     # --------------------------------------------------------------------- phases
 
-    def _train_step(self, network: Network, optimizer: optax.GradientTransformation):
+    def _compiled_train_step(self, network: Network, optimizer: optax.GradientTransformation,
+                             state: dict, inputs, targets: np.ndarray):
+        """One Optax step, compiled before any clock starts (round times exclude compilation)."""
         loss_name = self.config.loss
 
-        @jax.jit
         def step(params, opt_state, inputs, targets):
             def loss_fn(p):
                 return loss_value(network.apply({"params": p}, inputs), targets, loss_name)
@@ -331,7 +342,10 @@ class AlternatingTrainer:
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
-        return step
+        batch = slice(0, self.config.batch_size)
+        example_targets = targets[batch].astype(jnp.dtype(self.cronos_config.dtype))
+        return jax.jit(step).lower(state["params"], state["opt_state"], take(inputs, batch),
+                                   example_targets).compile()
 
     def _backbone_phase(self, state: dict, train_step, inputs, targets: np.ndarray, round_: int,
                         progress: bool):
@@ -379,13 +393,13 @@ class AlternatingTrainer:
 
     def features(self, network: Network, params: dict, inputs, progress: bool = False) -> np.ndarray:
         """Backbone features [n, d] of ``inputs``, in batches of ``feature_batch_size``."""
-        fn = jax.jit(lambda batch: network.apply({"params": params}, batch, method=Network.features))
+        fn = functools.partial(_apply, network, params, method=Network.features)
         return map_batches(fn, inputs, self.config.feature_batch_size, "features", progress)
 
     def evaluate(self, network: Network, params: dict, inputs, labels: np.ndarray,
                  targets: np.ndarray, progress: bool = False) -> dict:
         """Validation accuracy and loss of the network."""
-        fn = jax.jit(lambda batch: network.apply({"params": params}, batch))
+        fn = functools.partial(_apply, network, params)
         outputs = map_batches(fn, inputs, self.config.feature_batch_size, "evaluate", progress)
         record = {"val_loss": float(loss_value(outputs, targets.astype(outputs.dtype), self.config.loss))}
         if self.cronos_config.task == "classification":
