@@ -234,3 +234,26 @@ def test_a_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path, unint
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     assert comparable(workdir / "metrics.jsonl") == comparable(uninterrupted / "metrics.jsonl")
+
+
+def test_losses_match_their_closed_forms():
+    from flax_cronos.trainer import loss_value
+    rng = np.random.default_rng(0)
+    outputs, labels = rng.normal(size=(7, 1)), rng.integers(0, 2, 7)
+    signs = 2.0 * labels[:, None] - 1.0
+    assert float(loss_value(outputs, signs, "mse")) == pytest.approx(np.mean((outputs - signs) ** 2))
+    # one output: binary cross-entropy of sigmoid(f) = softmax cross-entropy over logits (0, f)
+    logits = np.concatenate([np.zeros_like(outputs), outputs], axis=1)
+    softmax_ce = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(7), labels])
+    assert float(loss_value(outputs, signs, "cross_entropy")) == pytest.approx(softmax_ce)
+    many, classes = rng.normal(size=(7, 4)), rng.integers(0, 4, 7)
+    expected = np.mean(np.log(np.exp(many).sum(1)) - many[np.arange(7), classes])
+    assert float(loss_value(many, np.eye(4)[classes], "cross_entropy")) == pytest.approx(expected)
+
+
+def test_cross_entropy_training_runs_and_lowers_its_loss():
+    train, val = small_data()
+    result = trainer(rounds=3, loss="cross_entropy", steps_per_round=10).fit(train, val,
+                                                                             progress=False)
+    losses = [r["train_loss"] for r in result.history[1:]]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
