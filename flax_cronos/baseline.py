@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from flax_cronos import cronos
 from flax_cronos.cronos.problem import encode_targets
-from flax_cronos.trainer import batch_indices, loss_value, map_batches, num_rows, take
+from flax_cronos.training import batch_indices, loss_value, map_batches, num_rows, take
 
 
 def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,

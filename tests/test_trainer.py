@@ -237,7 +237,7 @@ def test_a_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path, unint
 
 
 def test_losses_match_their_closed_forms():
-    from flax_cronos.trainer import loss_value
+    from flax_cronos.training import loss_value
     rng = np.random.default_rng(0)
     outputs, labels = rng.normal(size=(7, 1)), rng.integers(0, 2, 7)
     signs = 2.0 * labels[:, None] - 1.0
