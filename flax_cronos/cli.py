@@ -127,12 +127,20 @@ def run_train(args, overrides: dict) -> int:
     from flax_cronos import experiment
 
     config = experiment.load_recipe(args.recipe, overrides)
-    result = experiment.train(config, args.workdir, progress=not args.quiet)
+    result = experiment.train(config, args.workdir, progress=not args.quiet,
+                              on_round=None if args.quiet else _print_round)
     last = result.history[-1] if result.history else {}
     print(f"round {last.get('round')}: val_accuracy={last.get('val_accuracy', float('nan')):.4f} "
           f"train_accuracy={last.get('train_accuracy', float('nan')):.4f} "
           f"{last.get('seconds', 0.0):.1f}s -> {args.workdir}")
     return 0
+
+
+def _print_round(record: dict) -> None:
+    print(f"  round {record['round']}: val_accuracy={record.get('val_accuracy', float('nan')):.4f} "
+          f"train_loss={record['train_loss'] or float('nan'):.4g} beta={record['beta']:.3g} "
+          f"admm={record['admm_iterations']} ({record['status'].lower()}) "
+          f"{record['seconds']:.1f}s", file=sys.stderr, flush=True)
 
 
 def run_evaluate(args) -> int:

@@ -102,12 +102,13 @@ def _dataclass(cls, values: dict, section: str):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def train(config: ml_collections.ConfigDict, workdir: Path, progress: bool = True):
+def train(config: ml_collections.ConfigDict, workdir: Path, progress: bool = True,
+          on_round=None):
     """Runs (or resumes) a recipe in ``workdir``; returns the ``TrainResult``."""
     trainer = make_trainer(config)
     train_data, val_data = load_data(config.data)
     return trainer.fit(train_data, val_data, workdir=workdir, run_config=config.to_dict(),
-                       progress=progress)
+                       progress=progress, on_round=on_round)
 
 
 def evaluate(workdir: Path, round_=None, split: str = "val") -> dict:

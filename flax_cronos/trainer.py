@@ -22,7 +22,7 @@ import functools
 import re
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -175,7 +175,8 @@ class AlternatingTrainer:
 
     def fit(self, train: tuple[Any, np.ndarray], val: Optional[tuple[Any, np.ndarray]] = None,
             workdir: Optional[Path] = None, run_config: Optional[dict] = None,
-            progress: bool = True) -> TrainResult:
+            progress: bool = True,
+            on_round: Optional[Callable[[dict], None]] = None) -> TrainResult:
         """Runs (or resumes) CRONOS-AM.
 
         Args:
@@ -186,6 +187,7 @@ class AlternatingTrainer:
             run_config: extra settings recorded in ``config.json`` (e.g. the recipe); a resumed
                 run must match them, except ``trainer.rounds``.
             progress: show progress bars.
+            on_round: called with each round's record once it is logged (console lines).
 
         Returns:
             ``TrainResult(network, params, history)``; ``history`` has one record per round.
@@ -231,6 +233,8 @@ class AlternatingTrainer:
                     record.update(self.evaluate(network, state["params"], val[0], val[1],
                                                 val_targets, progress))
                 log.append(record)
+                if on_round is not None:
+                    on_round(record)
                 meta["history"] = log.history
                 if checkpoints is not None:
                     checkpoints.save(round_, state, meta,
