@@ -138,6 +138,18 @@ def _apply(network: Network, params: dict, batch, method=None):
     return network.apply({"params": params}, batch, method=method)
 
 
+def _matching(given, expected):
+    """``given`` backbone parameters, checked against the shapes the backbone initialises."""
+    shapes = lambda tree: {path_name(p): np.shape(leaf)            # noqa: E731
+                           for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    got, want = shapes(given), shapes(expected)
+    if got != want:
+        wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        raise ValueError(f"backbone_params do not fit the backbone: {wrong[0]} is "
+                         f"{got.get(wrong[0])}, the backbone needs {want.get(wrong[0])}")
+    return jax.tree.map(jnp.asarray, given)
+
+
 def default_optimizer() -> optax.GradientTransformation:
     """D-Adaptation AdamW with learning rate 1, as in the paper: nothing to tune."""
     return optax.contrib.dadapt_adamw(learning_rate=1.0)
@@ -155,17 +167,21 @@ class AlternatingTrainer:
         config: settings of the alternation.
         optimizer: the backbone's Optax optimizer (default ``default_optimizer()``); the
             frozen parameters are masked with ``optax.partition``.
+        backbone_params: starting parameters of the backbone (e.g. a pretrained GPT-2 from
+            ``models.gpt2.load_pretrained``); default: ``backbone.init`` with the seed.
     """
 
     def __init__(self, backbone: nn.Module, cronos_config: cronos.CronosConfig = cronos.CronosConfig(),
                  config: AlternatingConfig = AlternatingConfig(),
-                 optimizer: Optional[optax.GradientTransformation] = None):
+                 optimizer: Optional[optax.GradientTransformation] = None,
+                 backbone_params: Optional[dict] = None):
         cronos_config.check()
         config.check()
         self.backbone = backbone
         self.cronos_config = cronos_config
         self.config = config
         self.optimizer = default_optimizer() if optimizer is None else optimizer
+        self.backbone_params = backbone_params
 
     def network(self, outputs: int) -> Network:
         c = self.cronos_config
@@ -251,6 +267,8 @@ class AlternatingTrainer:
         c = self.config
         network = self.network(outputs)
         params = network.init(jax.random.key(c.seed), take(inputs, slice(0, 1)))["params"]
+        if self.backbone_params is not None:
+            params = {**params, "backbone": _matching(self.backbone_params, params["backbone"])}
         optimizer = optax.partition({"train": self.optimizer, "frozen": optax.set_to_zero()},
                                     trainable_labels(params, c.trainable))
         state = {"params": params, "opt_state": optimizer.init(params),

@@ -257,3 +257,18 @@ def test_cross_entropy_training_runs_and_lowers_its_loss():
                                                                              progress=False)
     losses = [r["train_loss"] for r in result.history[1:]]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_given_backbone_params_are_the_starting_point_and_are_checked():
+    train, val = small_data()
+    backbone = MLP(widths=(12,))
+    start = backbone.init(jax.random.key(7), train[0][:1])["params"]
+    am = AlternatingTrainer(backbone, cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=20),
+                            AlternatingConfig(rounds=0), backbone_params=start)
+    result = am.fit(train, val, progress=False)
+    np.testing.assert_array_equal(result.params["backbone"]["Dense_0"]["kernel"],
+                                  start["Dense_0"]["kernel"])
+    wrong = MLP(widths=(5,)).init(jax.random.key(7), train[0][:1])["params"]
+    with pytest.raises(ValueError, match="do not fit the backbone: Dense_0/kernel"):
+        AlternatingTrainer(backbone, config=AlternatingConfig(rounds=0),
+                           backbone_params=wrong).fit(train, val, progress=False)
