@@ -182,7 +182,7 @@ def warm_up(config, train, val) -> float:
 
 
 def run_competitor(method: str, lr: float, config, train, val, outputs: int, seed: int) -> dict:
-    network = Network(experiment.make_backbone(config.model),
+    network = Network(experiment.make_backbone(config.model)[0],
                       models.TwoLayerHead(width=2 * config.cronos.patterns, outputs=outputs))
     t = config.trainer
     history = train_end_to_end(network, COMPETITORS[method][0](lr), train, val,

@@ -2,13 +2,14 @@
 
 A recipe (``recipes/NAME.py``) defines ``get_config()`` with four sections:
 
-- ``data``: ``dataset`` ("fashion_mnist" | "cifar10"), ``path`` (local folder; None: the
-  Hugging Face Hub), ``classes`` (labels to keep, relabelled 0..k−1; None: all),
-  ``train_size`` / ``val_size`` (random subsets; None: all), ``seed``. The validation data is
-  the dataset's test split (the paper's protocol); pixels are standardised by training
-  statistics.
-- ``model``: ``backbone`` ("mlp" | "cnn") and its attributes (``widths`` | ``channels``,
-  ``blocks``).
+- ``data``: ``dataset`` ("fashion_mnist" | "cifar10" | "imdb"), ``path`` (local folder; None:
+  the Hugging Face Hub), ``classes`` (images: labels to keep, relabelled 0..k−1; None: all),
+  ``train_size`` / ``val_size`` (random subsets; None: all), ``seed``; for imdb also
+  ``tokenizer`` (folder or None: the Hub's "gpt2") and ``max_len``. The validation data is the
+  dataset's test split (the paper's protocol); pixels are standardised by training statistics.
+- ``model``: ``backbone`` ("mlp" | "cnn" | "gpt2") and its attributes (``widths`` |
+  ``channels``, ``blocks`` | ``checkpoint`` (folder or Hub name of pretrained weights; None: a
+  fresh model of ``size``, a key of ``models.gpt2.CONFIGS``), ``pooling`` ("last" | "mean")).
 - ``cronos``: the fields of ``cronos.CronosConfig``.
 - ``trainer``: the fields of ``trainer.AlternatingConfig`` plus ``optimizer`` (an Optax
   factory name) and ``learning_rate``.
@@ -57,9 +58,13 @@ def load_recipe(path: Path, overrides: dict[str, object] = None) -> ml_collectio
 
 
 def load_data(config: ml_collections.ConfigDict):
-    """(train, val) pairs (x float32 [n, H, W(, C)], y int32 [n]) for the data section."""
+    """(train, val) pairs for the data section: images (x float32 [n, H, W(, C)], y int32 [n])
+    or, for imdb, ({'input_ids', 'attention_mask'} int32 [n, max_len], y int32 [n])."""
+    if config.dataset == "imdb":
+        return _load_imdb(config)
     if config.dataset not in LOADERS:
-        raise ValueError(f"data.dataset must be one of {sorted(LOADERS)}; got {config.dataset!r}")
+        raise ValueError(f"data.dataset must be one of {sorted(LOADERS) + ['imdb']}; "
+                         f"got {config.dataset!r}")
     options = {} if config.classes is None else {"classes": tuple(config.classes)}
     if config.dataset == "fashion_mnist" and config.classes is not None:
         raise ValueError("data.classes is only supported for cifar10")
@@ -71,12 +76,30 @@ def load_data(config: ml_collections.ConfigDict):
     return (x_train, y_train), (x_val, y_val)
 
 
+def _load_imdb(config: ml_collections.ConfigDict):
+    tokenizer = data.load_tokenizer(config.tokenizer)
+    pairs = []
+    for split, size in (("train", config.train_size), ("test", config.val_size)):
+        texts, labels = data.load_imdb(config.path, split, size, config.seed)
+        pairs.append((data.tokenize(texts, tokenizer, config.max_len), labels))
+    return tuple(pairs)
+
+
 def make_backbone(config: ml_collections.ConfigDict):
+    """(backbone, its starting parameters or None for a fresh ``init``)."""
     if config.backbone == "mlp":
-        return models.MLP(widths=tuple(config.widths))
+        return models.MLP(widths=tuple(config.widths)), None
     if config.backbone == "cnn":
-        return models.SmallCNN(channels=config.channels, blocks=config.blocks)
-    raise ValueError(f"model.backbone must be 'mlp' or 'cnn'; got {config.backbone!r}")
+        return models.SmallCNN(channels=config.channels, blocks=config.blocks), None
+    if config.backbone == "gpt2":
+        from flax_cronos.models import gpt2
+
+        if config.checkpoint is not None:
+            return gpt2.load_pretrained(config.checkpoint, pooling=config.pooling)
+        if config.size not in gpt2.CONFIGS:
+            raise ValueError(f"model.size must be one of {sorted(gpt2.CONFIGS)}; got {config.size!r}")
+        return gpt2.GPT2Features(gpt2.CONFIGS[config.size], pooling=config.pooling), None
+    raise ValueError(f"model.backbone must be 'mlp', 'cnn' or 'gpt2'; got {config.backbone!r}")
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -89,9 +112,11 @@ def make_trainer(config: ml_collections.ConfigDict) -> AlternatingTrainer:
     """The AlternatingTrainer a recipe describes (checks every setting)."""
     settings = config.trainer.to_dict()
     optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("learning_rate"))
-    return AlternatingTrainer(make_backbone(config.model),
+    backbone, backbone_params = make_backbone(config.model)
+    return AlternatingTrainer(backbone,
                               _dataclass(cronos.CronosConfig, config.cronos.to_dict(), "cronos"),
-                              _dataclass(AlternatingConfig, settings, "trainer"), optimizer)
+                              _dataclass(AlternatingConfig, settings, "trainer"), optimizer,
+                              backbone_params)
 
 
 def _dataclass(cls, values: dict, section: str):

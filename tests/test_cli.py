@@ -133,3 +133,22 @@ def test_bad_train_settings_are_one_line_and_exit_code_2(tmp_path, args, message
     result = run_cli("train", "recipes/mlp_fashion_mnist.py", "--workdir", tmp_path, *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+IMDB = ROOT.parent / "shared" / "data" / "imdb"
+TOKENIZER = ROOT.parent / "shared" / "data" / "gpt2-tokenizer"
+
+
+@pytest.mark.skipif(not (IMDB.is_dir() and TOKENIZER.is_dir()),
+                    reason=f"no IMDb or GPT-2 tokenizer under {IMDB.parent}")
+def test_gpt2_imdb_recipe_runs_end_to_end_with_an_alternating_round(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_cli("train", "recipes/gpt2_imdb.py", "--workdir", workdir, "--quiet",
+                     "--config.data.train_size=200", "--config.data.val_size=100",
+                     "--config.data.max_len=32", "--config.trainer.auto_beta=False",
+                     "--config.cronos.max_iters=30", "--config.trainer.rounds=1",
+                     "--config.trainer.steps_per_round=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["round"] for record in history] == [0, 1]
+    assert 0.0 <= history[-1]["val_accuracy"] <= 1.0 and history[-1]["train_loss"] > 0

@@ -92,6 +92,7 @@ CONFIGS: dict[str, GPT2Config] = {
     "gpt2-medium": GPT2Config(n_embd=1024, n_layer=24, n_head=16),
     "gpt2-large": GPT2Config(n_embd=1280, n_layer=36, n_head=20),
     "gpt2-xl": GPT2Config(n_embd=1600, n_layer=48, n_head=25),
+    "mini": GPT2Config(n_positions=512, n_embd=128, n_layer=2, n_head=2),   # full vocabulary
     "tiny": GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=2),
     "tiny-4": GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=4, n_head=4),
 }
