@@ -2,6 +2,7 @@
 
     flax-cronos train RECIPE.py --workdir DIR [--config.KEY=VALUE ...]   CRONOS-AM (resumes)
     flax-cronos evaluate --workdir DIR [--round N|best] [--split val|train]
+    flax-cronos pretrain-lm RECIPE.py --out DIR [--config.KEY=VALUE ...]   a GPT-2 to start from
     flax-cronos fit-head --train train.npz [--val val.npz] --out DIR [solver options]
     flax-cronos demo [--out DIR]      generated data, then fit-head on it
 
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, type=Path, help="run directory")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    pretrain = commands.add_parser(
+        "pretrain-lm", help="pretrain a GPT-2 language model (recipes/gpt2_lm_imdb.py) and save "
+                            "it in the Hugging Face format")
+    pretrain.add_argument("recipe", type=Path, help="recipes/NAME.py (defines get_config())")
+    pretrain.add_argument("--out", required=True, type=Path, help="output folder")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+
     evaluate = commands.add_parser("evaluate", help="accuracy of a run's checkpoint")
     evaluate.add_argument("--workdir", required=True, type=Path, help="run directory")
     evaluate.add_argument("--round", default=None,
@@ -90,6 +98,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "train":
             return run_train(args, config_overrides(parser, unknown))
+        if args.command == "pretrain-lm":
+            return run_pretrain(args, config_overrides(parser, unknown))
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         if args.command == "evaluate":
@@ -141,6 +151,17 @@ def _print_round(record: dict) -> None:
           f"train_loss={record['train_loss'] or float('nan'):.4g} beta={record['beta']:.3g} "
           f"admm={record['admm_iterations']} ({record['status'].lower()}) "
           f"{record['seconds']:.1f}s", file=sys.stderr, flush=True)
+
+
+def run_pretrain(args, overrides: dict) -> int:
+    from flax_cronos import experiment
+
+    config = experiment.load_recipe(args.recipe, overrides)
+    summary = experiment.pretrain_lm(config, args.out, progress=not args.quiet)
+    print(f"{summary['size']} GPT-2 ({summary['parameters']:,} parameters): "
+          f"{summary['tokens']:,} tokens in {summary['seconds']:.1f}s, held-out perplexity "
+          f"{summary['val_perplexity']:.1f} -> {args.out}")
+    return 0
 
 
 def run_evaluate(args) -> int:

@@ -20,6 +20,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax
 import ml_collections
 import optax
 
@@ -163,3 +164,35 @@ def evaluate(workdir: Path, round_=None, split: str = "val") -> dict:
     scores = trainer.evaluate(network, params, x, y, targets)
     return {"round": meta["history"][-1]["round"], "split": split,
             "accuracy": scores["val_accuracy"], "loss": scores["val_loss"]}
+
+
+def pretrain_lm(config: ml_collections.ConfigDict, out: Path, progress: bool = True) -> dict:
+    """Pretrains the GPT-2 of a language-model recipe (``recipes/gpt2_lm_imdb.py``) on the
+    unlabelled IMDb reviews, saves it in the Hugging Face format in ``out`` and returns the
+    summary also written to ``out/pretrain.json``."""
+    from flax_cronos import lm
+    from flax_cronos.models import gpt2
+
+    if config.model.size not in gpt2.CONFIGS:
+        raise ValueError(f"model.size must be one of {sorted(gpt2.CONFIGS)}; got {config.model.size!r}")
+    sizes = gpt2.CONFIGS[config.model.size]
+    tokenizer = data.load_tokenizer(config.data.tokenizer)
+    texts, _ = data.load_imdb(config.data.path, "unsup", config.data.train_size, config.data.seed)
+    held_out, _ = data.load_imdb(config.data.path, "test", config.data.val_size, config.data.seed)
+    tokens = data.tokenize(texts, tokenizer, config.data.max_len)
+    val_tokens = data.tokenize(held_out, tokenizer, config.data.max_len)
+    train = config.train
+    model = gpt2.GPT2(sizes)
+    params, history = lm.pretrain(model, tokens, val_tokens=val_tokens, steps=train.steps,
+                                  batch_size=train.batch_size, learning_rate=train.learning_rate,
+                                  warmup=train.warmup, weight_decay=train.weight_decay,
+                                  eval_every=train.eval_every, seed=train.seed, progress=progress)
+    gpt2.save_pretrained(sizes, params, out)
+    summary = {"size": config.model.size, "parameters": int(sum(a.size for a in
+                                                                jax.tree.leaves(params))),
+               "tokens": history[-1]["tokens"], "seconds": history[-1]["seconds"],
+               "val_perplexity": history[-1]["val_perplexity"],
+               "device": jax.devices()[0].device_kind, "history": history,
+               "recipe": config.to_dict()}
+    (Path(out) / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -305,6 +305,31 @@ def hf_to_flax_path(name: str) -> tuple[str, ...] | None:
     return (*parts[:-1], leaf)
 
 
+def flax_to_hf_name(path: tuple[str, ...]) -> str:
+    """The Hugging Face state-dict name of a Linen parameter path (inverse of
+    ``hf_to_flax_path``): ``("h_0", "attn", "c_attn", "kernel")`` → ``h.0.attn.c_attn.weight``."""
+    *modules, leaf = path
+    if modules[0].startswith("h_"):
+        modules = ["h", modules[0][2:], *modules[1:]]
+    return ".".join([*modules, "bias" if leaf == "bias" else "weight"])
+
+
+def save_pretrained(config: GPT2Config, params: dict, folder: str | os.PathLike) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` in the Hugging Face GPT-2 layout
+    (``GPT2Model`` names), which ``load_pretrained`` and transformers both read."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {flax_to_hf_name(path): np.ascontiguousarray(np.asarray(array, np.float32))
+               for path, array in _flatten(jax.device_get(params)).items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    hf_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                 "n_ctx": config.n_positions, **dataclasses.asdict(config)}
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return folder
+
+
 def params_from_state_dict(state_dict: dict[str, np.ndarray], config: GPT2Config) -> dict:
     """The Linen parameter tree of a Hugging Face state dict (NumPy arrays), as float32.
 

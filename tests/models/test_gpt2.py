@@ -172,3 +172,28 @@ def test_left_padding_masks_padded_keys(reference, folders):
     np.testing.assert_allclose(np.asarray(hidden)[real], expected.numpy()[real], atol=1e-5, rtol=0)
     unmasked = model.apply({"params": params}, jnp.asarray(ids), position_ids=jnp.asarray(positions))
     assert np.abs(np.asarray(unmasked)[real] - np.asarray(hidden)[real]).max() > 1e-3
+
+
+def test_save_pretrained_is_read_back_by_transformers_and_by_us(tmp_path):
+    """Our own weights written in the HF layout: transformers' GPT2LMHeadModel gives our logits."""
+    config = CONFIGS["tiny"]
+    model = gpt2.GPT2(config)
+    params = model.init(jax.random.key(3), jnp.zeros((1, 4), jnp.int32))["params"]
+    params = jax.tree.map(lambda a: (a + 0.05 * jax.random.normal(jax.random.key(4), a.shape))
+                          .astype(jnp.float32), params)
+    gpt2.save_pretrained(config, params, tmp_path)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch()
+    ours = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                       method="logits")
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[real], expected[real], atol=1e-5)
+    loaded_model, loaded = load_pretrained(tmp_path)
+    assert loaded_model.config == config
+    for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(params),
+                                 jax.tree_util.tree_leaves_with_path(loaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+        assert hf_to_flax_path(gpt2.flax_to_hf_name(tuple(k.key for k in path))) == \
+            tuple(k.key for k in path)
