@@ -239,8 +239,8 @@ class AlternatingTrainer:
                 start = time.perf_counter()
                 state, train_loss = self._backbone_phase(state, train_step, inputs, targets,
                                                          round_, progress)
-                state, solution, beta, train_metric = self._solve_phase(state, network, inputs, labels,
-                                                          meta["beta"], round_, progress)
+                state, solution, beta, train_metric = self._solve_phase(
+                    state, network, inputs, labels, meta["beta"], round_, progress)
                 meta["seconds"] += time.perf_counter() - start
                 meta["beta"] = beta
                 record = self._record(state, solution, train_loss, train_metric,
