@@ -34,7 +34,6 @@ learning-rate grid and seeds with a 5–95% band (a finished run keeps its final
 """
 
 import argparse
-import ast
 import json
 import platform
 import sys
@@ -125,13 +124,6 @@ def lr_grid(exponents: tuple[float, float], points: int) -> list[float]:
     return [float(v) for v in np.logspace(lo, hi, points)]
 
 
-def parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def dataset_config(name: str, args, seed: int):
     spec = DATASETS[name]
     overrides = dict(spec["overrides"])
@@ -145,7 +137,7 @@ def dataset_config(name: str, args, seed: int):
         key, _, value = item.partition("=")
         target, _, key = key.rpartition(":")
         if target in ("", name):
-            overrides[key] = parse_value(value)
+            overrides[key] = experiment.parse_setting(value)
     overrides["trainer.seed"] = seed
     config = experiment.load_recipe(ROOT / spec["recipe"], overrides)
     if config.data.path is not None and not Path(config.data.path).is_absolute():
@@ -155,7 +147,8 @@ def dataset_config(name: str, args, seed: int):
 
 def run_cronos_am(config, train, val) -> dict:
     base = experiment.make_trainer(config)
-    trainer = TimedTrainer(base.backbone, base.cronos_config, base.config, base.optimizer)
+    trainer = TimedTrainer(base.backbone, base.cronos_config, base.config, base.optimizer,
+                           base.backbone_params)
     result = trainer.fit(train, val, workdir=None, progress=False)
     history, subtracted = [], 0.0
     for record in result.history:

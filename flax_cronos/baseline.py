@@ -2,7 +2,7 @@
 
 The model (e.g. the backbone followed by ``models.TwoLayerHead``) is trained as a whole on the
 same minibatches, loss and targets as ``trainer.AlternatingTrainer``. Times exclude
-compilation (a first step is run and discarded before the clock starts) and evaluation, and are taken after
+compilation (the step is compiled before the clock starts) and evaluation, and are taken after
 ``block_until_ready``.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from flax_cronos import cronos
 from flax_cronos.cronos.problem import encode_targets
-from flax_cronos.training import batch_indices, loss_value, map_batches, num_rows, take
+from flax_cronos.training import (accuracy, apply_in_batches, batch_indices, compiled, num_rows,
+                                  optax_step, supervised_loss, take)
 
 
 def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
@@ -39,19 +39,12 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
     params = model.init(jax.random.key(seed), take(inputs, slice(0, 1)))["params"]
     opt_state = optimizer.init(params)
 
-    @jax.jit
-    def step(params, opt_state, batch, batch_targets):
-        value, grads = jax.value_and_grad(
-            lambda p: loss_value(model.apply({"params": p}, batch), batch_targets, loss))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
     def batch(step_index):
         index = batch_indices(step_index, n, batch_size, seed)
         return take(inputs, index), targets[index]
 
-    jax.block_until_ready(step(params, opt_state, *batch(0)))     # compile; result discarded
-    predict = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    step = compiled(optax_step(supervised_loss(model, loss), optimizer), params, opt_state,
+                    *batch(0))
     history, seconds, losses = [], 0.0, []
     for index in tqdm(range(steps), desc="end-to-end", unit="step", disable=not progress):
         start = time.perf_counter()
@@ -60,11 +53,9 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
         seconds += time.perf_counter() - start
         losses.append(value)
         if (index + 1) % eval_every == 0 or index + 1 == steps:
-            outputs = map_batches(lambda x: predict(params, x), val[0], eval_batch_size,
-                                  "evaluate", False)
-            accuracy = float(np.mean(np.asarray(cronos.classify(outputs)) == val[1]))
+            outputs = apply_in_batches(model, params, val[0], eval_batch_size)
             history.append({"step": index + 1, "seconds": seconds,
                             "train_loss": float(np.mean(jax.device_get(losses))),
-                            "val_accuracy": accuracy})
+                            "val_accuracy": accuracy(outputs, val[1])})
             losses = []
     return history

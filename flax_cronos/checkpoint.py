@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
 CONFIG_FILE = "config.json"
@@ -124,8 +125,8 @@ def check_run_config(workdir, config: dict, may_change: tuple[str, ...] = ()) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return
-    stored = _flatten(json.loads(path.read_text()))
-    given = _flatten(config)
+    stored = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
+    given = traverse_util.flatten_dict(config, sep=".")
     differences = [f"{key}: run has {stored.get(key)!r}, now {given.get(key)!r}"
                    for key in sorted(set(stored) | set(given))
                    if key not in may_change and stored.get(key) != given.get(key)]
@@ -136,12 +137,3 @@ def check_run_config(workdir, config: dict, may_change: tuple[str, ...] = ()) ->
     if stored != given:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -10,7 +10,6 @@ Invalid input ends with a one-line message and exit code 2, never a traceback.
 """
 
 import argparse
-import ast
 import json
 import sys
 from pathlib import Path
@@ -116,6 +115,8 @@ def main(argv=None) -> int:
 def config_overrides(parser: argparse.ArgumentParser, arguments: list[str]) -> dict:
     """``--config.a.b=VALUE`` (or ``--config.a.b VALUE``) → {'a.b': value}; values are Python
     literals (numbers, None, tuples, booleans) or else plain strings."""
+    from flax_cronos.experiment import parse_setting
+
     overrides, arguments = {}, list(arguments)
     while arguments:
         argument = arguments.pop(0)
@@ -126,10 +127,7 @@ def config_overrides(parser: argparse.ArgumentParser, arguments: list[str]) -> d
             if not arguments:
                 parser.error(f"{argument} needs a value")
             text = arguments.pop(0)
-        try:
-            overrides[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[key] = text
+        overrides[key] = parse_setting(text)
     return overrides
 
 

@@ -15,6 +15,7 @@ A recipe (``recipes/NAME.py``) defines ``get_config()`` with four sections:
   factory name) and ``learning_rate``.
 """
 
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -31,6 +32,15 @@ from flax_cronos.trainer import AlternatingConfig, AlternatingTrainer
 LOADERS = {"fashion_mnist": data.load_fashion_mnist, "cifar10": data.load_cifar10}
 OPTIMIZERS = {"dadapt_adamw": optax.contrib.dadapt_adamw, "adam": optax.adam,
               "adamw": optax.adamw, "sgd": optax.sgd, "yogi": optax.yogi}
+
+
+def parse_setting(text: str):
+    """A ``--config.KEY=VALUE`` value: a Python literal (number, None, tuple, bool) or else the
+    string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def load_recipe(path: Path, overrides: dict[str, object] = None) -> ml_collections.ConfigDict:

@@ -19,7 +19,7 @@ import optax
 from tqdm.auto import tqdm
 
 from flax_cronos.models.gpt2 import GPT2
-from flax_cronos.training import batch_indices, map_batches, num_rows, take
+from flax_cronos.training import batch_indices, compiled, map_batches, num_rows, optax_step, take
 
 
 def next_token_loss(model: GPT2, params: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -61,19 +61,14 @@ def pretrain(model: GPT2, tokens: dict, *, steps: int, batch_size: int, learning
     optimizer = optax.adamw(schedule, weight_decay=weight_decay)
     opt_state = optimizer.init(params)
 
-    def step(params, opt_state, batch):
-        def mean_loss(p):
-            total, count = next_token_loss(model, p, batch)
-            return total / jnp.maximum(count, 1.0)
-
-        loss, grads = jax.value_and_grad(mean_loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def mean_loss(params, batch):
+        total, count = next_token_loss(model, params, batch)
+        return total / jnp.maximum(count, 1.0)
 
     def batch(index):
         return take(tokens, batch_indices(index, n, batch_size, seed))
 
-    step = jax.jit(step).lower(params, opt_state, batch(0)).compile()
+    step = compiled(optax_step(mean_loss, optimizer), params, opt_state, batch(0))
     history, seconds, seen, losses = [], 0.0, 0, []
     for index in tqdm(range(steps), desc="pretrain", unit="step", disable=not progress):
         inputs = batch(index)

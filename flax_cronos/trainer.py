@@ -18,13 +18,13 @@ run resumed from checkpoint r replays exactly what the uninterrupted run did aft
 """
 
 import dataclasses
-import functools
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +36,9 @@ from flax_cronos.checkpoint import RunCheckpoints, check_run_config
 from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.head import ConvexHead, head_params
 from flax_cronos.run_log import RunLog
-from flax_cronos.training import LOSSES, batch_indices, loss_value, map_batches, num_rows, take
+from flax_cronos.training import (LOSSES, accuracy, apply_in_batches, batch_indices, compiled,
+                                  loss_value, num_rows, optax_step, supervised_loss, take)
+
 
 @dataclasses.dataclass(frozen=True)
 class AlternatingConfig:
@@ -105,44 +107,34 @@ class TrainResult(NamedTuple):
 # ----------------------------------------------------------------------------- labels
 
 
-def path_name(path) -> str:
-    """'backbone/Dense_0/kernel' for a pytree key path."""
-    return "/".join(str(getattr(key, "key", key)) for key in path)
-
-
 def trainable_labels(params, pattern: str):
-    """'train' for parameters whose path matches ``pattern``, 'frozen' for the rest.
+    """'train' for parameters whose path ('backbone/Dense_0/kernel') matches ``pattern``,
+    'frozen' for the rest.
 
     Raises:
         ValueError: when the pattern selects a head parameter or nothing at all.
     """
     regex = re.compile(pattern)
-    labels = jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if regex.search(path_name(path)) else "frozen", params)
-    chosen = [path_name(p) for p, label in jax.tree_util.tree_leaves_with_path(labels)
-              if label == "train"]
-    if any(name.startswith("head/") for name in chosen):
-        raise ValueError(f"trainable {pattern!r} selects head parameters "
-                         f"({[n for n in chosen if n.startswith('head/')][0]}); the head is solved, "
-                         "not trained")
+    names = traverse_util.flatten_dict(params, sep="/")
+    chosen = [name for name in names if regex.search(name)]
+    head = [name for name in chosen if name.startswith("head/")]
+    if head:
+        raise ValueError(f"trainable {pattern!r} selects head parameters ({head[0]}); the head "
+                         "is solved, not trained")
     if not chosen:
-        names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-        raise ValueError(f"trainable {pattern!r} selects no parameter; the paths are {names[:8]}…")
-    return labels
+        raise ValueError(f"trainable {pattern!r} selects no parameter; the paths are "
+                         f"{list(names)[:8]}…")
+    return traverse_util.unflatten_dict(
+        {name: "train" if name in chosen else "frozen" for name in names}, sep="/")
 
 
-@functools.partial(jax.jit, static_argnames=("network", "method"))
-def _apply(network: Network, params: dict, batch, method=None):
-    """``network.apply``, compiled once per network, method and batch shape (Linen modules
-    compare by their attributes, so the cache outlives one ``fit``)."""
-    return network.apply({"params": params}, batch, method=method)
+def _shapes(tree) -> dict:
+    return {name: np.shape(leaf) for name, leaf in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def _matching(given, expected):
     """``given`` backbone parameters, checked against the shapes the backbone initialises."""
-    shapes = lambda tree: {path_name(p): np.shape(leaf)            # noqa: E731
-                           for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-    got, want = shapes(given), shapes(expected)
+    got, want = _shapes(given), _shapes(expected)
     if got != want:
         wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         raise ValueError(f"backbone_params do not fit the backbone: {wrong[0]} is "
@@ -217,6 +209,7 @@ class AlternatingTrainer:
         if val is not None:
             val_targets, _ = encode_targets(val[1], self.cronos_config.task, num_rows(val[0]),
                                             "val labels", classes or None)
+        targets = targets.astype(jnp.dtype(self.cronos_config.dtype))
         network, optimizer, state = self.initial_state(inputs, targets.shape[1])
         meta = {"history": [], "seconds": 0.0, "beta": self.cronos_config.beta}
 
@@ -298,20 +291,9 @@ class AlternatingTrainer:
     def _compiled_train_step(self, network: Network, optimizer: optax.GradientTransformation,
                              state: dict, inputs, targets: np.ndarray):
         """One Optax step, compiled before any clock starts (round times exclude compilation)."""
-        loss_name = self.config.loss
-
-        def step(params, opt_state, inputs, targets):
-            def loss_fn(p):
-                return loss_value(network.apply({"params": p}, inputs), targets, loss_name)
-
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
         batch = slice(0, self.config.batch_size)
-        example_targets = targets[batch].astype(jnp.dtype(self.cronos_config.dtype))
-        return jax.jit(step).lower(state["params"], state["opt_state"], take(inputs, batch),
-                                   example_targets).compile()
+        return compiled(optax_step(supervised_loss(network, self.config.loss), optimizer),
+                        state["params"], state["opt_state"], take(inputs, batch), targets[batch])
 
     def _backbone_phase(self, state: dict, train_step, inputs, targets: np.ndarray, round_: int,
                         progress: bool):
@@ -322,7 +304,6 @@ class AlternatingTrainer:
         params, opt_state = state["params"], state["opt_state"]
         first = int(state["step"])
         n = len(targets)
-        targets = targets.astype(jnp.dtype(self.cronos_config.dtype))
         losses = []
         for step in tqdm(range(first, first + c.steps_per_round), desc=f"round {round_} backbone",
                          unit="step", leave=False, disable=not progress):
@@ -359,17 +340,17 @@ class AlternatingTrainer:
 
     def features(self, network: Network, params: dict, inputs, progress: bool = False) -> np.ndarray:
         """Backbone features [n, d] of ``inputs``, in batches of ``feature_batch_size``."""
-        fn = functools.partial(_apply, network, params, method=Network.features)
-        return map_batches(fn, inputs, self.config.feature_batch_size, "features", progress)
+        return apply_in_batches(network, params, inputs, self.config.feature_batch_size,
+                                "features", progress, method=Network.features)
 
     def evaluate(self, network: Network, params: dict, inputs, labels: np.ndarray,
                  targets: np.ndarray, progress: bool = False) -> dict:
         """Validation accuracy and loss of the network."""
-        fn = functools.partial(_apply, network, params)
-        outputs = map_batches(fn, inputs, self.config.feature_batch_size, "evaluate", progress)
+        outputs = apply_in_batches(network, params, inputs, self.config.feature_batch_size,
+                                   "evaluate", progress)
         record = {"val_loss": float(loss_value(outputs, targets.astype(outputs.dtype), self.config.loss))}
         if self.cronos_config.task == "classification":
-            record["val_accuracy"] = float(np.mean(np.asarray(cronos.classify(outputs)) == labels))
+            record["val_accuracy"] = accuracy(outputs, labels)
         return record
 
     def _record(self, state: dict, solution: cronos.Solution, train_loss, train_metric: float,

@@ -1,5 +1,6 @@
-"""What CRONOS-AM (``trainer.py``) and the end-to-end baseline (``baseline.py``) share:
-minibatch order, batched device calls over host data, and the losses.
+"""What CRONOS-AM (``trainer.py``), the end-to-end baseline (``baseline.py``) and language-model
+pretraining (``lm.py``) share: minibatch order, batched device calls over host data, the
+Optax step, and the losses.
 
 Inputs are an array [n, …] or a pytree of them (e.g. {'input_ids', 'attention_mask'}) kept on
 the host; only one batch at a time goes to the device.
@@ -13,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
+
+from flax_cronos.cronos import classify
 
 LOSSES = ("mse", "cross_entropy")
 
@@ -57,6 +60,54 @@ def map_batches(fn: Callable, inputs, batch_size: int, desc: str, progress: bool
                 [a, np.repeat(a[-1:], batch_size - rows, axis=0)]), batch)
         outputs.append(np.asarray(fn(batch))[:rows])
     return np.concatenate(outputs)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "method"))
+def _apply(model, params: dict, batch, method=None):
+    return model.apply({"params": params}, batch, method=method)
+
+
+def apply_in_batches(model, params: dict, inputs, batch_size: int, desc: str = "apply",
+                     progress: bool = False, method=None) -> np.ndarray:
+    """``model.apply`` over ``inputs`` in batches of ``batch_size``, gathered on the host.
+
+    Compiled once per model, method and batch shape: Linen modules compare by their
+    attributes, so the compilation outlives one call (and one ``fit``).
+    """
+    return map_batches(functools.partial(_apply, model, params, method=method), inputs,
+                       batch_size, desc, progress)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose class (``cronos.classify`` of outputs [n, C]) equals the label."""
+    return float(np.mean(np.asarray(classify(outputs)) == np.asarray(labels)))
+
+
+def optax_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """One Optax step on ``loss_fn(params, *batch)``:
+    ``(params, opt_state, *batch) → (params, opt_state, loss)``."""
+
+    def step(params, opt_state, *batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def compiled(fn: Callable, *example_args):
+    """``jax.jit(fn)`` compiled ahead of time for the shapes of ``example_args``, so that the
+    clocks around its calls never include compilation."""
+    return jax.jit(fn).lower(*example_args).compile()
+
+
+def supervised_loss(model, loss: str) -> Callable:
+    """``(params, inputs, targets) → loss_value(model(inputs), targets, loss)``."""
+
+    def loss_fn(params, inputs, targets):
+        return loss_value(model.apply({"params": params}, inputs), targets, loss)
+
+    return loss_fn
 
 
 def loss_value(outputs: jax.Array, targets: jax.Array, loss: str) -> jax.Array:

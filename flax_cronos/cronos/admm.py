@@ -341,6 +341,17 @@ def default_rho(problem: pb.Problem, activation: str) -> jax.Array:
     return jnp.clip(RHO_SCALE * jnp.sqrt(ratio), 1e-3, 1.0)
 
 
+def initial_rho(problem: pb.Problem, config: CronosConfig) -> jax.Array:
+    """ρ of the config, or ``default_rho`` when it is None."""
+    rho = default_rho(problem, config.activation) if config.rho is None else config.rho
+    return jnp.asarray(rho, problem.x.dtype)
+
+
+def unknown_residual(dtype) -> jax.Array:
+    """The residual and gap of a state not yet iterated: the largest float."""
+    return jnp.asarray(jnp.finfo(dtype).max, dtype)
+
+
 def init_state(problem: pb.Problem, config: CronosConfig,
                init: Optional[ConvexParams] = None) -> AdmmState:
     """Iterates u = v = ``init`` (zero by default), ρ from the config or ``default_rho``,
@@ -351,8 +362,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
     halves = pb.halves(config.activation)
     dtype = problem.x.dtype
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
-    rho = default_rho(problem, config.activation) if config.rho is None else config.rho
-    rho = jnp.asarray(rho, dtype)
+    rho = initial_rho(problem, config)
     lam = jnp.zeros_like(weights)
     if init is not None:
         weights = _normalised_weights(problem, init, weights.shape)
@@ -360,7 +370,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
     active = None
     if config.activation == "relu":
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
-    unknown = jnp.asarray(jnp.finfo(dtype).max, dtype)
+    unknown = unknown_residual(dtype)
     return AdmmState(u=weights, v=weights, lam=lam, active=active, dual_active=active,
                      gap=unknown, rho=rho,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
@@ -435,7 +445,7 @@ def _gap_projection_iters(state: AdmmState) -> int:
     """The gap's projections start far from their last active sets: let them run longer
     (an unfinished one still gives a valid, looser gap)."""
     slots = 0 if state.dual_active is None else state.dual_active.used.shape[1]
-    return 4 * slots + 10
+    return cone.cold_start_iterations(slots)
 
 
 def active_set_limit(problem: pb.Problem) -> int:

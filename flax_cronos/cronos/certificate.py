@@ -70,11 +70,11 @@ def final_duality_gap(problem: pb.Problem, v: jax.Array, dual_active, max_iters:
 def beta_max(problem: pb.Problem, activation: str) -> jax.Array:
     """β̄ of the normalised program (multiply by ``problem.scale`` for the original one)."""
     halves = pb.halves(activation)
-    active = None
+    active, iterations = None, 0
     if activation == "relu":
         dim, patterns = problem.x.shape[1], problem.masks.shape[1]
         slots = min(dim, problem.x.shape[0])
         active = cone.empty_active_set(halves * patterns * problem.targets.shape[1], slots,
                                        problem.x.dtype)
-        return jnp.max(_dual_norms(problem, problem.targets, halves, active, 4 * slots + 10)[0])
-    return jnp.max(_dual_norms(problem, problem.targets, halves, active, 0)[0])
+        iterations = cone.cold_start_iterations(slots)
+    return jnp.max(_dual_norms(problem, problem.targets, halves, active, iterations)[0])

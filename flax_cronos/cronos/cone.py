@@ -184,6 +184,12 @@ def group_pattern_index(shape) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(patterns)[:, None], (halves, patterns, outputs)).reshape(-1)
 
 
+def cold_start_iterations(slots: int) -> int:
+    """Lawson–Hanson iterations for a projection far from its warm start (or from none):
+    each iteration adds or drops one row, so a few passes over the ``slots`` rows."""
+    return 4 * slots + 10
+
+
 def projection_tolerance(dtype) -> float:
     """Violations below 0.01 √eps · ‖x_j‖ ‖z‖ count as satisfied."""
     return 0.01 * float(np.sqrt(np.finfo(dtype).eps))

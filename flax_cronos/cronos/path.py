@@ -60,9 +60,8 @@ def default_betas(top: float, num: int = 16, ratio: float = 1e-4) -> np.ndarray:
 
 def _restart(state: admm.AdmmState, problem: pb.Problem, config: admm.CronosConfig):
     """Carries an ADMM state to a new β: ρ for the new β, counters and residuals reset."""
-    rho = admm.default_rho(problem, config.activation) if config.rho is None else config.rho
-    rho = jnp.asarray(rho, state.rho.dtype)
-    unknown = jnp.asarray(jnp.finfo(state.rho.dtype).max, state.rho.dtype)
+    rho = admm.initial_rho(problem, config)
+    unknown = admm.unknown_residual(rho.dtype)
     zero = jnp.zeros_like(state.iteration)
     return state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
                           pcg_iterations=zero, projection_iterations=zero,

@@ -39,6 +39,7 @@ import os
 from pathlib import Path
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,10 +118,8 @@ class Attention(nn.Module):
         heads = self.config.n_head
         q, k, v = jnp.split(nn.Dense(3 * d, name="c_attn")(x), 3, axis=-1)
         q, k, v = (z.reshape(b, t, heads, d // heads) for z in (q, k, v))
-        scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / np.sqrt(d // heads).astype(x.dtype)
-        allowed = jnp.tril(jnp.ones((t, t), bool))[None, None] & mask[:, None, None, :]
-        scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
-        out = jnp.einsum("bhqk,bkhc->bqhc", jax.nn.softmax(scores, axis=-1), v)
+        allowed = nn.combine_masks(nn.make_causal_mask(mask), mask[:, None, None, :])
+        out = nn.dot_product_attention(q, k, v, mask=allowed)                # [b, t, h, d/h]
         return nn.Dense(d, name="c_proj")(out.reshape(b, t, d))
 
 
@@ -322,7 +321,7 @@ def save_pretrained(config: GPT2Config, params: dict, folder: str | os.PathLike)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {flax_to_hf_name(path): np.ascontiguousarray(np.asarray(array, np.float32))
-               for path, array in _flatten(jax.device_get(params)).items()}
+               for path, array in traverse_util.flatten_dict(jax.device_get(params)).items()}
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     hf_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
                  "n_ctx": config.n_positions, **dataclasses.asdict(config)}
@@ -338,7 +337,7 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], config: GPT2Config
     """
     shapes = jax.eval_shape(GPT2(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
     expected = {path: s.shape for path, s in
-                _flatten(shapes["params"]).items()}
+                traverse_util.flatten_dict(shapes["params"]).items()}
     found = {}
     for name, array in state_dict.items():
         path = hf_to_flax_path(name)
@@ -353,23 +352,7 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], config: GPT2Config
     missing = sorted("/".join(p) for p in expected.keys() - found.keys())
     if missing:
         raise ValueError(f"the checkpoint lacks {len(missing)} GPT-2 weights, e.g. {missing[:3]}")
-    tree: dict = {}
-    for path, array in found.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jnp.asarray(array)
-    return tree
-
-
-def _flatten(tree: dict, prefix: tuple = ()) -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, (*prefix, key)))
-        else:
-            out[(*prefix, key)] = value
-    return out
+    return traverse_util.unflatten_dict({path: jnp.asarray(a) for path, a in found.items()})
 
 
 def _read_weights(folder: Path) -> dict[str, np.ndarray]:
