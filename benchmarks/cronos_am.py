@@ -178,7 +178,7 @@ def run_competitor(method: str, lr: float, config, train, val, outputs: int, see
     network = Network(experiment.make_backbone(config.model)[0],
                       models.TwoLayerHead(width=2 * config.cronos.patterns, outputs=outputs))
     t = config.trainer
-    history = train_end_to_end(network, COMPETITORS[method][0](lr), train, val,
+    _, history = train_end_to_end(network, COMPETITORS[method][0](lr), train, val,
                                steps=t.rounds * t.steps_per_round, batch_size=t.batch_size,
                                eval_every=t.steps_per_round, loss=t.loss, seed=seed,
                                eval_batch_size=t.feature_batch_size, progress=False)

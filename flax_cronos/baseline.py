@@ -7,7 +7,7 @@ compilation (the step is compiled before the clock starts) and evaluation, and a
 """
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -16,18 +16,28 @@ import optax
 from tqdm.auto import tqdm
 
 from flax_cronos.cronos.problem import encode_targets
-from flax_cronos.training import (accuracy, apply_in_batches, batch_indices, compiled, num_rows,
-                                  optax_step, supervised_loss, take)
+from flax_cronos.training import (Augment, accuracy, apply_in_batches, augment_key, batch_indices,
+                                  compiled, num_rows, optax_step, partitioned, supervised_loss,
+                                  take, trainable_labels)
 
 
 def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
                      train: tuple[Any, np.ndarray], val: tuple[Any, np.ndarray], *, steps: int,
                      batch_size: int, eval_every: int, loss: str = "mse", seed: int = 0,
-                     eval_batch_size: int = 1024, progress: bool = False) -> list[dict]:
+                     eval_batch_size: int = 1024, progress: bool = False,
+                     params: Optional[dict] = None, trainable: str = ".*",
+                     augment: Optional[Augment] = None) -> tuple[dict, list[dict]]:
     """Trains ``model`` (outputs [n, C]) for ``steps`` Optax steps, evaluating every ``eval_every``.
 
+    Args:
+        params: starting parameters (e.g. a pretrained backbone under a fresh head); default
+            ``model.init`` with the seed.
+        trainable: regex on parameter paths selecting what the optimizer trains (e.g. the last
+            stages of a pretrained backbone and the head); the rest stays fixed.
+        augment: ``augment(key, inputs)`` applied to every minibatch, keyed as in CRONOS-AM.
+
     Returns:
-        One record per evaluation: ``step``, ``seconds`` (training wall-clock so far),
+        (the final parameters, the history): one record per evaluation, ``step``, ``seconds`` (training wall-clock so far),
         ``train_loss`` (mean since the last evaluation), ``val_accuracy``.
     """
     inputs, labels = train
@@ -36,15 +46,17 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training rows")
     targets, _ = encode_targets(labels, "classification", n, "train labels")
     targets = targets.astype(np.float32)
-    params = model.init(jax.random.key(seed), take(inputs, slice(0, 1)))["params"]
+    if params is None:
+        params = model.init(jax.random.key(seed), take(inputs, slice(0, 1)))["params"]
+    optimizer = partitioned(optimizer, trainable_labels(params, trainable))
     opt_state = optimizer.init(params)
 
     def batch(step_index):
         index = batch_indices(step_index, n, batch_size, seed)
-        return take(inputs, index), targets[index]
+        return take(inputs, index), targets[index], augment_key(seed, step_index)
 
-    step = compiled(optax_step(supervised_loss(model, loss), optimizer), params, opt_state,
-                    *batch(0))
+    step = compiled(optax_step(supervised_loss(model, loss, augment), optimizer), params,
+                    opt_state, *batch(0))
     history, seconds, losses = [], 0.0, []
     for index in tqdm(range(steps), desc="end-to-end", unit="step", disable=not progress):
         start = time.perf_counter()
@@ -58,4 +70,4 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
                             "train_loss": float(np.mean(jax.device_get(losses))),
                             "val_accuracy": accuracy(outputs, val[1])})
             losses = []
-    return history
+    return params, history

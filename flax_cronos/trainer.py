@@ -36,8 +36,10 @@ from flax_cronos.checkpoint import RunCheckpoints, check_run_config
 from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.head import ConvexHead, head_params
 from flax_cronos.run_log import RunLog
-from flax_cronos.training import (LOSSES, accuracy, apply_in_batches, batch_indices, compiled,
-                                  loss_value, num_rows, optax_step, supervised_loss, take)
+from flax_cronos.training import (LOSSES, Augment, accuracy, apply_in_batches, augment_key,
+                                  batch_indices, compiled, describe, loss_value, no_augmentation,
+                                  num_rows, optax_step, partitioned, supervised_loss, take,
+                                  trainable_labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,8 @@ class AlternatingConfig:
         try:
             re.compile(self.trainable)
         except re.error as error:
-            raise ValueError(f"trainable is not a regular expression ({error}): {self.trainable!r}")
+            raise ValueError(f"trainable is not a regular expression ({error}): "
+                             f"{self.trainable!r}") from None
 
 
 class Network(nn.Module):
@@ -107,25 +110,15 @@ class TrainResult(NamedTuple):
 # ----------------------------------------------------------------------------- labels
 
 
-def trainable_labels(params, pattern: str):
-    """'train' for parameters whose path ('backbone/Dense_0/kernel') matches ``pattern``,
-    'frozen' for the rest.
-
-    Raises:
-        ValueError: when the pattern selects a head parameter or nothing at all.
-    """
-    regex = re.compile(pattern)
-    names = traverse_util.flatten_dict(params, sep="/")
-    chosen = [name for name in names if regex.search(name)]
-    head = [name for name in chosen if name.startswith("head/")]
+def backbone_labels(params: dict, pattern: str) -> dict:
+    """``training.trainable_labels``, refusing a pattern that selects a head parameter."""
+    labels = trainable_labels(params, pattern)
+    head = [name for name, label in traverse_util.flatten_dict(labels, sep="/").items()
+            if label == "train" and name.startswith("head/")]
     if head:
         raise ValueError(f"trainable {pattern!r} selects head parameters ({head[0]}); the head "
                          "is solved, not trained")
-    if not chosen:
-        raise ValueError(f"trainable {pattern!r} selects no parameter; the paths are "
-                         f"{list(names)[:8]}…")
-    return traverse_util.unflatten_dict(
-        {name: "train" if name in chosen else "frozen" for name in names}, sep="/")
+    return labels
 
 
 def _shapes(tree) -> dict:
@@ -161,12 +154,15 @@ class AlternatingTrainer:
             frozen parameters are masked with ``optax.partition``.
         backbone_params: starting parameters of the backbone (e.g. a pretrained GPT-2 from
             ``models.gpt2.load_pretrained``); default: ``backbone.init`` with the seed.
+        augment: ``augment(key, inputs) → inputs`` applied (jitted) to each minibatch of the
+            backbone steps, e.g. ``data.images.augment``; never to the features of a solve.
+            Its key is ``training.augment_key(seed, step)``, so resumed runs replay it.
     """
 
     def __init__(self, backbone: nn.Module, cronos_config: cronos.CronosConfig = cronos.CronosConfig(),
                  config: AlternatingConfig = AlternatingConfig(),
                  optimizer: Optional[optax.GradientTransformation] = None,
-                 backbone_params: Optional[dict] = None):
+                 backbone_params: Optional[dict] = None, augment: Optional[Augment] = None):
         cronos_config.check()
         config.check()
         self.backbone = backbone
@@ -174,6 +170,7 @@ class AlternatingTrainer:
         self.config = config
         self.optimizer = default_optimizer() if optimizer is None else optimizer
         self.backbone_params = backbone_params
+        self.augment = augment or no_augmentation
 
     def network(self, outputs: int) -> Network:
         c = self.cronos_config
@@ -262,8 +259,7 @@ class AlternatingTrainer:
         params = network.init(jax.random.key(c.seed), take(inputs, slice(0, 1)))["params"]
         if self.backbone_params is not None:
             params = {**params, "backbone": _matching(self.backbone_params, params["backbone"])}
-        optimizer = optax.partition({"train": self.optimizer, "frozen": optax.set_to_zero()},
-                                    trainable_labels(params, c.trainable))
+        optimizer = partitioned(self.optimizer, backbone_labels(params, c.trainable))
         state = {"params": params, "opt_state": optimizer.init(params),
                  "rng": jax.random.key_data(jax.random.key(c.seed)),
                  "round": jnp.asarray(-1), "step": jnp.asarray(0)}
@@ -292,8 +288,9 @@ class AlternatingTrainer:
                              state: dict, inputs, targets: np.ndarray):
         """One Optax step, compiled before any clock starts (round times exclude compilation)."""
         batch = slice(0, self.config.batch_size)
-        return compiled(optax_step(supervised_loss(network, self.config.loss), optimizer),
-                        state["params"], state["opt_state"], take(inputs, batch), targets[batch])
+        loss = supervised_loss(network, self.config.loss, self.augment)
+        return compiled(optax_step(loss, optimizer), state["params"], state["opt_state"],
+                        take(inputs, batch), targets[batch], augment_key(self.config.seed, 0))
 
     def _backbone_phase(self, state: dict, train_step, inputs, targets: np.ndarray, round_: int,
                         progress: bool):
@@ -309,7 +306,7 @@ class AlternatingTrainer:
                          unit="step", leave=False, disable=not progress):
             index = batch_indices(step, n, c.batch_size, c.seed)
             params, opt_state, loss = train_step(params, opt_state, take(inputs, index),
-                                                 targets[index])
+                                                 targets[index], augment_key(c.seed, step))
             losses.append(loss)
         loss = float(np.mean(jax.device_get(losses)))
         return {**state, "params": params, "opt_state": opt_state,
@@ -367,4 +364,5 @@ class AlternatingTrainer:
         """What ``config.json`` records and a resumed run must match."""
         return {"cronos": dataclasses.asdict(self.cronos_config),
                 "alternating": dataclasses.asdict(self.config),
-                "network": repr(network), "train_rows": n, "recipe": run_config or {}}
+                "network": repr(network), "augment": describe(self.augment), "train_rows": n,
+                "recipe": run_config or {}}

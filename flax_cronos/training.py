@@ -7,8 +7,10 @@ the host; only one batch at a time goes to the device.
 """
 
 import functools
-from typing import Callable
+import re
+from typing import Callable, Optional
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,11 +103,66 @@ def compiled(fn: Callable, *example_args):
     return jax.jit(fn).lower(*example_args).compile()
 
 
-def supervised_loss(model, loss: str) -> Callable:
-    """``(params, inputs, targets) → loss_value(model(inputs), targets, loss)``."""
+def trainable_labels(params: dict, pattern: str) -> dict:
+    """'train' for parameters whose path ('backbone/Dense_0/kernel') matches the regex
+    ``pattern``, 'frozen' for the rest: the labels of :func:`partitioned`.
 
-    def loss_fn(params, inputs, targets):
-        return loss_value(model.apply({"params": params}, inputs), targets, loss)
+    Raises:
+        ValueError: when the pattern is not a regular expression or selects nothing.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"trainable is not a regular expression ({error}): {pattern!r}") from None
+    names = traverse_util.flatten_dict(params, sep="/")
+    if not any(regex.search(name) for name in names):
+        raise ValueError(f"trainable {pattern!r} selects no parameter; the paths are "
+                         f"{list(names)[:8]}…")
+    return traverse_util.unflatten_dict(
+        {name: "train" if regex.search(name) else "frozen" for name in names}, sep="/")
+
+
+def partitioned(optimizer: optax.GradientTransformation,
+                labels: dict) -> optax.GradientTransformation:
+    """``optimizer`` on the parameters labelled 'train'; zero updates (and no optimizer state)
+    for those labelled 'frozen'."""
+    return optax.partition({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def no_augmentation(key: jax.Array, inputs):
+    """The identity: ``augment(key, inputs)`` for training without augmentation."""
+    del key
+    return inputs
+
+
+def describe(augment: Augment) -> str:
+    """A name of an augmentation that is stable across processes (for run fingerprints):
+    ``module.function`` and, for a ``functools.partial``, its keyword arguments."""
+    options = ""
+    if isinstance(augment, functools.partial):
+        options = "(" + ", ".join(f"{k}={v!r}" for k, v in sorted(augment.keywords.items())) + ")"
+        augment = augment.func
+    return f"{getattr(augment, '__module__', '?')}.{getattr(augment, '__qualname__', repr(augment))}{options}"
+
+
+_AUGMENT_STREAM = 0x41554745  # keeps augmentation keys apart from keys folded by round number
+
+
+def augment_key(seed: int, step: int) -> jax.Array:
+    """The augmentation key of global step ``step``: a pure function of (seed, step), so a
+    resumed run draws the same augmentations as the uninterrupted one."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM), step)
+
+
+def supervised_loss(model, loss: str, augment: Optional[Augment] = None) -> Callable:
+    """``(params, inputs, targets, key) → loss_value(model(augment(key, inputs)), targets, loss)``."""
+    augment = augment or no_augmentation
+
+    def loss_fn(params, inputs, targets, key):
+        return loss_value(model.apply({"params": params}, augment(key, inputs)), targets, loss)
 
     return loss_fn
 

@@ -272,3 +272,29 @@ def test_given_backbone_params_are_the_starting_point_and_are_checked():
     with pytest.raises(ValueError, match="do not fit the backbone: Dense_0/kernel"):
         AlternatingTrainer(backbone, config=AlternatingConfig(rounds=0),
                            backbone_params=wrong).fit(train, val, progress=False)
+
+
+def zero_inputs(key, inputs):
+    """An augmentation under which the first layer's kernel gets no gradient."""
+    del key
+    return inputs * 0
+
+
+def test_augmentation_reaches_the_backbone_steps_but_never_the_solves():
+    import optax
+
+    train, val = small_data()
+
+    def run(augment):
+        am = AlternatingTrainer(MLP(widths=(12,)), cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=50),
+                                AlternatingConfig(rounds=1, steps_per_round=5, batch_size=32),
+                                optimizer=optax.sgd(0.1), augment=augment)
+        initial = leaves(am.initial_state(train[0], 3)[2]["params"])
+        return initial, am.fit(train, val, progress=False)
+
+    initial, augmented = run(zero_inputs)
+    _, plain = run(None)
+    kernel = "['backbone']['Dense_0']['kernel']"
+    np.testing.assert_array_equal(leaves(augmented.params)[kernel], initial[kernel])  # zero grad
+    assert not np.array_equal(leaves(plain.params)[kernel], initial[kernel])
+    assert augmented.history[0]["objective"] == plain.history[0]["objective"]  # round 0: same features
