@@ -7,8 +7,8 @@ batch (and on train/eval mode), and the network would need a mutable ``batch_sta
 which the trainer, holding only ``params``, does not carry. GroupNorm normalises each image on
 its own, so features are a fixed function of the parameters and the image. Its scale and bias
 are the same parameters as BatchNorm's affine ones, so parameter counts equal torchvision's.
-Each norm uses ``gcd(norm_groups, channels)`` groups: 32 at the standard widths, fewer for
-narrow networks whose channel counts 32 does not divide.
+Each norm uses ``gcd(32, channels)`` groups: 32 at the standard widths, fewer for narrow
+networks whose channel counts 32 does not divide.
 
 Architecture as torchvision's ``resnet18`` / ``resnet50``: bottleneck blocks stride on the 3×3
 convolution ("ResNet v1.5"); projection shortcuts (1×1 conv + norm) where the shape changes;
@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_NORM_GROUPS = 32
 
 
 class _Layers(nn.Module):
     """Shared convolution and norm factories of the blocks and the network."""
 
-    norm_groups: int = 32
     dtype: Any = jnp.float32
 
     def conv(self, features: int, size: int, strides: int, name: str) -> nn.Conv:
@@ -47,10 +47,10 @@ class _Layers(nn.Module):
                        kernel_init=_KERNEL_INIT, dtype=self.dtype, name=name)
 
     def norm(self, channels: int, name: str, zero_scale: bool = False) -> nn.GroupNorm:
-        """GroupNorm over ``gcd(norm_groups, channels)`` groups; its scale starts at 0 or 1."""
-        return nn.GroupNorm(num_groups=math.gcd(self.norm_groups, channels), epsilon=1e-5,
-                            scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                            dtype=self.dtype, name=name)
+        """GroupNorm over ``gcd(32, channels)`` groups; its scale starts at 0 or 1."""
+        scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+        return nn.GroupNorm(num_groups=math.gcd(_NORM_GROUPS, channels), epsilon=1e-5,
+                            scale_init=scale_init, dtype=self.dtype, name=name)
 
 
 class _Block(_Layers):
@@ -69,12 +69,13 @@ class _Block(_Layers):
     expansion: ClassVar[int]
 
     def branch(self, x: jax.Array) -> jax.Array:
-        """The residual branch, [n, H, W, C] -> [n, H / strides, W / strides, features * expansion]."""
+        """The residual branch, [n, H, W, C] -> [n, H / strides, W / strides, out_channels]."""
         raise NotImplementedError
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """The block's output, [n, H, W, C] -> [n, H / strides, W / strides, features * expansion]."""
+        """The block's output, [n, H, W, C] -> [n, H / strides, W / strides, out_channels],
+        ``out_channels = features * expansion``."""
         out_channels = self.features * self.expansion
         shortcut = x
         if self.strides != 1 or x.shape[-1] != out_channels:
@@ -116,11 +117,12 @@ class Bottleneck(_Block):
 
 
 class ResNet(_Layers):
-    """Stem, four stages of residual blocks, global average pooling, optional classifier.
+    """Stem, stages of residual blocks, global average pooling, optional Dense classifier.
 
     Stage ``k`` (1-based) has ``stage_sizes[k - 1]`` blocks of width ``width * 2**(k - 1)``;
-    stages 2–4 halve the spatial size in their first block. The pooled features have
-    ``8 * width * block.expansion`` channels: 512 for ResNet-18, 2048 for ResNet-50.
+    every stage but the first halves the spatial size in its first block. With the paper's four
+    stages the pooled features have ``8 * width * block.expansion`` channels: 512 for ResNet-18,
+    2048 for ResNet-50.
 
     Attributes:
         stage_sizes: number of blocks in each stage, e.g. (2, 2, 2, 2) for ResNet-18.
@@ -131,8 +133,7 @@ class ResNet(_Layers):
         stem: ``"imagenet"``: 7×7/2 conv–norm–ReLU–3×3/2 max pool (for 224×224 images);
             ``"cifar"``: 3×3/1 conv–norm–ReLU, no pool (for 32×32 images).
         zero_init_residual: whether each residual branch's last norm scale starts at zero.
-        norm_groups: GroupNorm groups (at most; see the module docstring).
-        dtype: computation dtype; inputs are cast to it.
+        dtype: computation dtype; inputs are cast to it. Parameters are float32.
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -150,8 +151,9 @@ class ResNet(_Layers):
             x: [n, H, W, C] images, or [n, H, W] grey images (a channel axis is added).
 
         Returns:
-            [n, 8 * width * block.expansion] pooled features when ``num_classes`` is None,
-            else [n, num_classes] logits; in ``dtype``.
+            [n, width * 2**(len(stage_sizes) - 1) * block.expansion] pooled features when
+            ``num_classes`` is None (e.g. [n, 512] for ResNet-18), else [n, num_classes] logits;
+            in ``dtype``.
 
         Raises:
             ValueError: when ``x`` is not 3- or 4-dimensional, or ``stem`` is unknown.
@@ -166,7 +168,7 @@ class ResNet(_Layers):
                 x = self.block(features=self.width * 2**stage,
                                strides=2 if stage > 0 and index == 0 else 1,
                                zero_init_residual=self.zero_init_residual,
-                               norm_groups=self.norm_groups, dtype=self.dtype,
+                               dtype=self.dtype,
                                name=f"stage{stage + 1}_block{index}")(x)
         x = jnp.mean(x, axis=(1, 2))
         if self.num_classes is None:
@@ -185,5 +187,7 @@ class ResNet(_Layers):
         return x
 
 
+# ResNet18(num_classes=None, width=64, stem="imagenet", ...): [n, 8 · width] features.
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+# ResNet50(...): [n, 32 · width] features (2048 at the default width).
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck)
