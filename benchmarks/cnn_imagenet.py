@@ -1,7 +1,7 @@
 """Pretrained EfficientNet-Lite0 on CIFAR-10 (10 classes): convex head vs trained heads, and
 CRONOS-AM vs AdamW fine-tuning of the last stages.
 
-    python benchmarks/cnn_imagenet.py [--train-size 2000] [--test-size 1000] [--size 128]
+    python benchmarks/cnn_imagenet.py [--train-size 2000] [--test-size 500] [--size 96]
         [--patterns 16] [--rounds 2] [--steps-per-round 10] [--batch-size 64]
     python benchmarks/cnn_imagenet.py --quick       # a smoke test, a few minutes on 2 cores
 
@@ -204,8 +204,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(CIFAR10), help="CIFAR-10 parquet or its folder")
     parser.add_argument("--train-size", type=int, default=2000)
-    parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=128, help="image side fed to the network")
+    parser.add_argument("--test-size", type=int, default=500)
+    parser.add_argument("--size", type=int, default=96, help="image side fed to the network")
     parser.add_argument("--patterns", type=int, default=16)
     parser.add_argument("--head-epochs", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
