@@ -256,14 +256,25 @@ class AlternatingTrainer:
         ``{'params', 'opt_state', 'rng', 'round', 'step'}`` (what a checkpoint holds)."""
         c = self.config
         network = self.network(outputs)
-        params = network.init(jax.random.key(c.seed), take(inputs, slice(0, 1)))["params"]
-        if self.backbone_params is not None:
-            params = {**params, "backbone": _matching(self.backbone_params, params["backbone"])}
+        params = self._initial_params(network, take(inputs, slice(0, 1)), jax.random.key(c.seed))
         optimizer = partitioned(self.optimizer, backbone_labels(params, c.trainable))
         state = {"params": params, "opt_state": optimizer.init(params),
                  "rng": jax.random.key_data(jax.random.key(c.seed)),
                  "round": jnp.asarray(-1), "step": jnp.asarray(0)}
         return network, optimizer, state
+
+    def _initial_params(self, network: Network, sample, key: jax.Array) -> dict:
+        """Fresh parameters. With given backbone parameters only the head is initialised: the
+        backbone's random init (half a minute for EfficientNet on a CPU) is traced for its
+        shapes, never run."""
+        if self.backbone_params is None:
+            return network.init(key, sample)["params"]
+        shapes = jax.eval_shape(network.init, key, sample)["params"]
+        backbone = _matching(self.backbone_params, shapes["backbone"])
+        features = jax.eval_shape(network.backbone.apply, {"params": backbone}, sample)
+        head = network.head.init(jax.random.fold_in(key, 1),
+                                 jnp.zeros(features.shape, features.dtype))["params"]
+        return {"backbone": backbone, "head": head}
 
     def load(self, workdir: Path, inputs, outputs: int, round_: Optional[int] = None):
         """The network and parameters of a run's checkpoint (the latest by default).
