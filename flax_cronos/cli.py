@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--val", type=Path, help="validation .npz with x and y")
     fit.add_argument("--gates", type=Path, help=".npy [d, P] gates to reuse instead of sampling")
     fit.add_argument("--out", required=True, type=Path, help="output directory")
+    fit.add_argument("--devices", type=int, default=None,
+                     help="shard the rows over N local devices (0: all); default one device")
     _solver_arguments(fit)
 
     train = commands.add_parser(
@@ -179,7 +181,8 @@ def run_fit_head(args) -> int:
     from flax_cronos.fit_head import fit_head, summary_line
 
     metrics = fit_head(train=args.train, val=args.val, gates=args.gates, out=args.out,
-                       config=_config_from(args), seed=args.seed, auto_beta=args.beta == "auto")
+                       config=_config_from(args), seed=args.seed, auto_beta=args.beta == "auto",
+                       devices=args.devices)
     print(summary_line(metrics, args.out))
     return 0
 
@@ -193,6 +196,7 @@ def run_demo(args) -> int:
     np.savez(args.out / "train.npz", x=x[:split], y=y[:split])
     np.savez(args.out / "val.npz", x=x[split:], y=y[split:])
     args.train, args.val, args.gates = args.out / "train.npz", args.out / "val.npz", None
+    args.devices = None
     return run_fit_head(args)
 
 

@@ -32,12 +32,13 @@ def load_features(path: Path, role: str) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
              val: Optional[Path] = None, gates: Optional[Path] = None,
-             auto_beta: bool = False) -> dict:
+             auto_beta: bool = False, devices: Optional[int] = None) -> dict:
     """Solves the head, writes ``out/head.npz`` and ``out/metrics.json``; returns the metrics.
 
     With ``auto_beta`` a warm-started β path is solved instead (``cronos.solve_path``; the
     validation file, or a 20% holdout of the training rows, picks β), and ``out/path.json`` and
-    ``out/path.png`` describe it.
+    ``out/path.png`` describe it. With ``devices`` the rows are sharded over a one-axis mesh of
+    that many local devices (0: all of them) during the solves (``cronos.row_mesh``).
     """
     x, y = load_features(train, "train")
     val_data = load_features(val, "val") if val is not None else None
@@ -48,12 +49,13 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
     given_gates = np.load(gates, allow_pickle=False) if gates is not None else None
 
     key = jax.random.key(seed)
+    mesh = None if devices is None else cronos.row_mesh(devices)
     if auto_beta:
         with tqdm(total=16, desc="β path", unit="β", leave=False, disable=None) as bar:
             path = cronos.solve_path(x, y, config, key=key, gates=given_gates, num=16,
                                      x_val=None if val_data is None else val_data[0],
                                      y_val=None if val_data is None else val_data[1],
-                                     callback=lambda point: bar.update(1))
+                                     callback=lambda point: bar.update(1), mesh=mesh)
         solution = path.best
         config = dataclasses.replace(config, beta=path.points[path.best_index].beta)
         write_path(out, path)
@@ -64,7 +66,8 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
                 bar.set_postfix(primal=f"{float(state.primal_residual):.1e}",
                                 dual=f"{float(state.dual_residual):.1e}")
 
-            solution = cronos.solve(x, y, config, key=key, gates=given_gates, callback=report)
+            solution = cronos.solve(x, y, config, key=key, gates=given_gates, callback=report,
+                                    mesh=mesh)
 
     metrics = {**solution.stats._asdict(), "status": solution.status.name}
     task = config.task
@@ -74,7 +77,8 @@ def fit_head(train: Path, out: Path, config: cronos.CronosConfig, seed: int = 0,
         metrics[f"{split}_{metric}"] = (cronos.score(solution.params, *data, task)
                                         if data is not None else None)
     metrics["config"] = {**dataclasses.asdict(config), "seed": seed,
-                         "beta_choice": "auto" if auto_beta else "fixed"}
+                         "beta_choice": "auto" if auto_beta else "fixed",
+                         "devices": 1 if mesh is None else mesh.size}
     write_head(out, solution.params)
     (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -1,10 +1,16 @@
-"""Shared test set-up: float64 available, offline Hugging Face, a persistent compile cache."""
+"""Shared test set-up: float64 available, offline Hugging Face, 8 host CPU devices, a persistent
+compile cache."""
 
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# 8 host CPU devices for the sharded-solver tests (tests/cronos/test_sharded.py); jit without a
+# mesh still runs on one device.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                                     "--xla_force_host_platform_device_count=8"]))
 
 import jax  # noqa: E402
 

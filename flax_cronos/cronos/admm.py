@@ -25,6 +25,11 @@ Nyström sketch of H, which depends on neither ρ nor β (warm starts across a �
 Inexact solves: PCG stops at ‖r‖ ≤ η_k ‖rhs‖, η_k = min(0.1 (1+k)^{-1.2}, 0.1 · ADMM residual)
 (a summable forcing sequence, tightened as ADMM converges), warm-started from the last u.
 
+Where the rows live (``rows.py``): every product with X is a reduction over blocks of rows, so
+this code runs unchanged on one device, on rows sharded over a device mesh (XLA's partitioner
+all-reduces the [d, P]-sized partial sums; X is never gathered) and on rows streamed from host
+memory block by block (device memory then holds blocks, never X).
+
 Stopping. Because v is always feasible (exact projections), its objective is an upper bound,
 and a dual-feasible point built from its residual gives a lower bound: ADMM stops when the
 relative duality gap is ≤ ``tol`` (checked every ``GAP_EVERY`` iterations), a certificate. For
@@ -49,10 +54,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh
+
 from flax_cronos.cronos import certificate, cone, problem as pb
 from flax_cronos.cronos.network import ConvexParams, with_intercept
 from flax_cronos.cronos.nystrom import NystromApprox, apply_inverse_preconditioner, nystrom
 from flax_cronos.cronos.pcg import pcg
+from flax_cronos.cronos.rows import RowStream, auto_mesh, mesh_of, place_rows, reduce_rows
 
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
@@ -189,8 +197,8 @@ def settings_of(config: CronosConfig) -> Settings:
 
 
 def pattern_gram(problem: pb.Problem, z: jax.Array) -> jax.Array:
-    """H z = (Xᵀ D_i Σ_j D_j X z_j)_i: [d, P, k] → [d, P, k]."""
-    return pb.pattern_sum_t(problem, pb.pattern_sum(problem, z))
+    """H z = (Xᵀ D_i Σ_j D_j X z_j)_i: [d, P, k] → [d, P, k], summed over row blocks."""
+    return reduce_rows(problem, lambda block: pb.pattern_sum_t(block, pb.pattern_sum(block, z)))
 
 
 def _system_weight(activation: str, rho: jax.Array) -> jax.Array:
@@ -201,13 +209,13 @@ def _system_weight(activation: str, rho: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("rank",))
 def sketch_preconditioner(problem: pb.Problem, key: jax.Array, rank: int) -> NystromApprox:
     """Nyström sketch of H (independent of ρ, β and the targets)."""
-    dim, patterns = problem.x.shape[1], problem.masks.shape[1]
+    dim, patterns = problem.dim, problem.num_patterns
     size = dim * patterns
 
     def matmat(omega):
         return pattern_gram(problem, omega.reshape(dim, patterns, -1)).reshape(size, -1)
 
-    return nystrom(matmat, size, rank, key, problem.x.dtype)
+    return nystrom(matmat, size, rank, key, problem.dtype)
 
 
 def solve_u(problem: pb.Problem, precond: NystromApprox, rhs: jax.Array, u0: jax.Array,
@@ -311,7 +319,7 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
              settings: Settings) -> AdmmState:
     """Iterates ``admm_step`` until convergence, a non-finite residual, ``stop_at``, or a
     projection that needs more active-set slots than the state has (the caller grows them)."""
-    ft_y = pb.apply_Ft(problem, problem.targets, pb.halves(settings.activation))
+    ft_y = pb.targets_correlation(problem, pb.halves(settings.activation))
     can_grow = state.active is not None and state.active.used.shape[1] < active_set_limit(problem)
 
     def cond(st):
@@ -337,14 +345,14 @@ def default_rho(problem: pb.Problem, activation: str) -> jax.Array:
     gated solution; an upper bound for relu). Measured on normalised data: strong regularisation wants a large ρ (≈ 0.1–1),
     weak regularisation a small one (≈ 1e-2); residual balancing picked the wrong end."""
     ceiling = certificate.beta_max(problem, "gated_relu")    # ≥ the relu β̄, without projections
-    ratio = problem.beta / jnp.maximum(ceiling, jnp.finfo(problem.x.dtype).tiny)
+    ratio = problem.beta / jnp.maximum(ceiling, jnp.finfo(problem.dtype).tiny)
     return jnp.clip(RHO_SCALE * jnp.sqrt(ratio), 1e-3, 1.0)
 
 
 def initial_rho(problem: pb.Problem, config: CronosConfig) -> jax.Array:
     """ρ of the config, or ``default_rho`` when it is None."""
     rho = default_rho(problem, config.activation) if config.rho is None else config.rho
-    return jnp.asarray(rho, problem.x.dtype)
+    return jnp.asarray(rho, problem.dtype)
 
 
 def unknown_residual(dtype) -> jax.Array:
@@ -357,16 +365,16 @@ def init_state(problem: pb.Problem, config: CronosConfig,
     """Iterates u = v = ``init`` (zero by default), ρ from the config or ``default_rho``,
     residuals at the largest float. The dual starts at λ = Fᵀ(Y − Fv)/ρ, which makes the u-step
     a fixed point at v (λ = 0 would let a warm start look converged after one iteration)."""
-    n, dim = problem.x.shape
-    patterns, outputs = problem.masks.shape[1], problem.targets.shape[1]
+    n, dim = problem.num_rows, problem.dim
+    patterns, outputs = problem.num_patterns, problem.num_outputs
     halves = pb.halves(config.activation)
-    dtype = problem.x.dtype
+    dtype = problem.dtype
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
     rho = initial_rho(problem, config)
     lam = jnp.zeros_like(weights)
     if init is not None:
         weights = _normalised_weights(problem, init, weights.shape)
-        lam = pb.apply_Ft(problem, problem.targets - pb.apply_F(problem, weights), halves) / rho
+        lam = pb.residual_terms(problem, weights)[0] / rho
     active = None
     if config.activation == "relu":
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
@@ -382,7 +390,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
 def _normalised_weights(problem: pb.Problem, init: ConvexParams, shape) -> jax.Array:
     """A solution's weights on the normalised program's scale and layout: [H, d, P, C]."""
     groups = [init.v] if init.w is None else [init.v, init.w]
-    weights = jnp.moveaxis(jnp.stack([jnp.asarray(g, problem.x.dtype) for g in groups]), 2, 1)
+    weights = jnp.moveaxis(jnp.stack([jnp.asarray(g, problem.dtype) for g in groups]), 2, 1)
     if weights.shape != shape:
         raise ValueError(f"init has weights of shape {weights.shape[1:]} per half "
                          f"({len(groups)} halves); this problem needs {shape}")
@@ -392,8 +400,13 @@ def _normalised_weights(problem: pb.Problem, init: ConvexParams, shape) -> jax.A
 # ----------------------------------------------------------------------------- solve
 
 
-def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None):
+def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None, mesh: Optional[Mesh] = None,
+            block_rows: Optional[int] = None):
     """Checks inputs and builds the normalised problem and its preconditioner.
+
+    The rows go where ``solve`` is asked to put them (see ``rows.py``): on the default device;
+    sharded over ``mesh``, or over the mesh of an ``x`` already sharded by rows; or, with
+    ``block_rows``, left in host memory and streamed.
 
     Returns:
         (problem, preconditioner, gates [d, P]).
@@ -402,16 +415,49 @@ def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None):
     x = pb.check_features(x)
     targets, _ = pb.encode_targets(y, config.task, x.shape[0])
     dtype = jnp.dtype(config.dtype)
-    x = with_intercept(jnp.asarray(x, dtype), config.intercept)
+    dim = x.shape[1] + int(config.intercept)
     gate_key, sketch_key = jax.random.split(key)
     if gates is None:
-        gates = pb.sample_gates(gate_key, x.shape[1], config.patterns, dtype)
+        gates = pb.sample_gates(gate_key, dim, config.patterns, dtype)
     else:
-        gates = jnp.asarray(pb.check_gates(gates, x.shape[1], config.patterns), dtype)
-    masks = pb.activation_patterns(x, gates)
-    problem = pb.make_problem(x, masks, jnp.asarray(targets, dtype), config.beta)
+        gates = jnp.asarray(pb.check_gates(gates, dim, config.patterns), dtype)
+    targets = targets.astype(dtype)
+    one, beta = jnp.ones((), dtype), jnp.asarray(config.beta, dtype)
+    if block_rows is None:
+        x, targets = _place(x, targets, dtype, config.intercept, mesh)
+        problem = pb.Problem(x, pb.activation_patterns(x, gates), targets, one, beta)
+    else:
+        if mesh is not None:
+            raise ValueError("give mesh (rows sharded over devices) or block_rows (rows streamed "
+                             "from host memory), not both")
+        stream = _stream(x, targets, dtype, config.intercept, block_rows)
+        stream = stream.with_masks(lambda block: pb.activation_patterns(block, gates))
+        problem = pb.Problem(None, None, None, one, beta, stream)
+    problem = pb.normalise(problem)
     precond = sketch_preconditioner(problem, sketch_key, config.rank)
     return problem, precond, gates
+
+
+def _place(x, targets: np.ndarray, dtype, intercept: bool,
+           mesh: Optional[Mesh]) -> tuple[jax.Array, jax.Array]:
+    """Features [n, d] (with the intercept column) and targets [n, C] on the default device, or
+    with their rows sharded over ``mesh`` (by default the mesh ``x`` is sharded over, if any);
+    host features are cast on the host, so each device receives only its rows."""
+    x = with_intercept(np.asarray(x, dtype) if isinstance(x, np.ndarray) else jnp.asarray(x, dtype),
+                       intercept)
+    mesh = mesh_of(x) if mesh is None else mesh
+    if mesh is None:
+        return jnp.asarray(x), jnp.asarray(targets)
+    mesh = auto_mesh(mesh)
+    return place_rows(x, mesh), place_rows(targets, mesh)
+
+
+def _stream(x, targets: np.ndarray, dtype, intercept: bool, block_rows) -> RowStream:
+    """Rows left in host memory, read in equal blocks of at most ``block_rows`` rows."""
+    if not isinstance(block_rows, int) or block_rows <= 0:
+        raise ValueError(f"block_rows must be a positive integer; got {block_rows!r}")
+    blocks = -(-x.shape[0] // block_rows)
+    return RowStream(x, targets, -(-x.shape[0] // blocks), intercept, dtype)
 
 
 def iterate(problem: pb.Problem, precond: NystromApprox, state: AdmmState, config: CronosConfig,
@@ -422,12 +468,12 @@ def iterate(problem: pb.Problem, precond: NystromApprox, state: AdmmState, confi
     case the last finite state is returned with infinite residuals.
     """
     settings = settings_of(config)
-    tol = jnp.asarray(config.tol, problem.x.dtype)
+    tol = jnp.asarray(config.tol, problem.dtype)
     while True:
         stop_at = min(int(state.iteration) + CHUNK, config.max_iters)
         new_state = run_admm(problem, precond, state, tol, stop_at, settings)
         if not bool(finite(new_state)):
-            inf = jnp.asarray(jnp.inf, problem.x.dtype)
+            inf = jnp.asarray(jnp.inf, problem.dtype)
             return state._replace(primal_residual=inf, dual_residual=inf)
         state = _grow_active_sets(new_state, problem)
         if callback is not None:
@@ -450,7 +496,7 @@ def _gap_projection_iters(state: AdmmState) -> int:
 
 def active_set_limit(problem: pb.Problem) -> int:
     """Active-set slots a group can get: an active set has at most d independent rows."""
-    return min(problem.x.shape[1], problem.x.shape[0], MAX_ACTIVE)
+    return min(problem.dim, problem.num_rows, MAX_ACTIVE)
 
 
 def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
@@ -494,11 +540,13 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
 def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=None,
           init: Optional[ConvexParams] = None,
           callback: Optional[Callable[[AdmmState], None]] = None,
-          throw: bool = False) -> Solution:
+          throw: bool = False, mesh: Optional[Mesh] = None,
+          block_rows: Optional[int] = None) -> Solution:
     """Solves the convex two-layer ReLU program of DESIGN.md with CRONOS.
 
     Args:
-        x: [n, d] features (finite).
+        x: [n, d] features (finite): a host array, a memory-mapped ``.npy``
+            (``np.load(path, mmap_mode="r")``) or a device array, possibly sharded by rows.
         y: [n] class labels 0..C−1 (classification) or [n] / [n, C] values (regression).
         config: solver settings.
         key: PRNG key for the gates and the Nyström sketch.
@@ -507,6 +555,13 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
             e.g. the previous round's head in CRONOS-AM; default zero.
         callback: called with the ``AdmmState`` every ``CHUNK`` iterations (progress bars).
         throw: raise RuntimeError unless the status is CONVERGED.
+        mesh: a one-axis device mesh (``cronos.row_mesh``): the rows of X, Y and the masks are
+            sharded over it (zero rows pad n to a multiple of its size) and every operator
+            reduces [d, P]-sized partial results across devices; an ``x`` already sharded by
+            rows brings its own mesh. Same result as on one device, up to rounding.
+        block_rows: stream X from host memory in blocks of at most this many rows (evened out
+            over the blocks): device memory holds a few blocks and [d, P]-sized arrays, never X.
+            Same result, up to rounding.
 
     Returns:
         ``Solution(params, stats, status)``; params hold the group-sparse iterate v.
@@ -515,7 +570,8 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
         ValueError: naming the argument when an input or setting is invalid.
     """
     start = time.perf_counter()
-    problem, precond, gates = prepare(x, y, config, key=key, gates=gates)
+    problem, precond, gates = prepare(x, y, config, key=key, gates=gates, mesh=mesh,
+                                      block_rows=block_rows)
     state = iterate(problem, precond, init_state(problem, config, init), config, callback)
     jax.block_until_ready(state)
     solution = finish(problem, state, gates, config, time.perf_counter() - start)

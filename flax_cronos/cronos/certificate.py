@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_cronos.cronos import cone, problem as pb
+from flax_cronos.cronos.rows import reduce_rows
 
 
 @jax.jit
@@ -25,38 +26,41 @@ def objective_terms(problem: pb.Problem, weights: jax.Array) -> tuple[jax.Array,
 
     Violation = max over constraints of (−E_i X v_ic)₊ / (‖X‖₂ · max group norm); 0 for gated.
     """
-    residual = pb.apply_F(problem, weights) - problem.targets
-    loss = 0.5 * jnp.sum(residual**2)
+    def block(rows):
+        loss = 0.5 * jnp.sum((pb.apply_F(rows, weights) - rows.targets) ** 2)
+        if weights.shape[0] == 1:
+            return loss, jnp.zeros((), weights.dtype)
+        return loss, jnp.max(jax.nn.relu(-pb.apply_G(rows, weights)))
+
+    loss, violation = reduce_rows(problem, block, lambda a, b: (a[0] + b[0], jnp.maximum(a[1], b[1])))
     group_norms = jnp.sqrt(jnp.sum(weights**2, axis=1))
     penalty = problem.beta * jnp.sum(group_norms)
-    violation = jnp.max(jax.nn.relu(-pb.apply_G(problem, weights))) if weights.shape[0] == 2 else 0.0
     violation = violation / jnp.maximum(jnp.max(group_norms), jnp.finfo(weights.dtype).tiny)
-    return loss, penalty, jnp.asarray(violation, weights.dtype)
+    return loss, penalty, violation
 
 
-def _dual_norms(problem: pb.Problem, theta: jax.Array, halves: int, active, max_iters: int):
-    """Upper bounds of max_g ‖Π_{K_g}(A_gᵀθ)‖ per output [C], and the projections' active sets.
+def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters: int):
+    """Upper bounds of max_g ‖Π_{K_g}(A_gᵀθ)‖ per output [C] from the correlations Fᵀθ
+    [H, d, P, C], and the projections' active sets.
 
     Exact when the projections complete; otherwise still bounds, since every Lawson–Hanson
     iterate z + Aᵀμ has μ ≥ 0 and ‖Π_K(z)‖ = min_{μ ≥ 0} ‖z + Aᵀμ‖.
     """
-    correlations = pb.apply_Ft(problem, theta, halves)                     # [H, d, P, C]
     rows = cone.groups(correlations)
     if active is not None:
         projection = cone.project_groups(problem, rows, correlations.shape, active, max_iters)
         rows, active = projection.point, projection.active
-    norms = jnp.linalg.norm(rows, axis=1).reshape(-1, theta.shape[1])
+    norms = jnp.linalg.norm(rows, axis=1).reshape(-1, correlations.shape[-1])
     return jnp.max(norms, axis=0), active
 
 
 def duality_gap(problem: pb.Problem, v: jax.Array, dual_active, max_iters: int):
     """Relative duality gap of a feasible v [H, d, P, C], and the updated warm start."""
-    residual = problem.targets - pb.apply_F(problem, v)                      # [n, C]
-    worst, dual_active = _dual_norms(problem, residual, v.shape[0], dual_active, max_iters)
+    correlations, residual_sq, residual_y = pb.residual_terms(problem, v)     # θ₀ = Y − Fv
+    worst, dual_active = _dual_norms(problem, correlations, dual_active, max_iters)
     scale = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, jnp.finfo(v.dtype).tiny))
-    dual = jnp.sum(scale * jnp.sum(residual * problem.targets, axis=0)
-                   - 0.5 * scale**2 * jnp.sum(residual**2, axis=0))
-    primal = 0.5 * jnp.sum(residual**2) + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
+    dual = jnp.sum(scale * residual_y - 0.5 * scale**2 * residual_sq)
+    primal = 0.5 * jnp.sum(residual_sq) + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
     gap = jnp.maximum(primal - dual, 0.0) / jnp.maximum(primal, jnp.finfo(v.dtype).tiny)
     return gap, dual_active
 
@@ -72,9 +76,9 @@ def beta_max(problem: pb.Problem, activation: str) -> jax.Array:
     halves = pb.halves(activation)
     active, iterations = None, 0
     if activation == "relu":
-        dim, patterns = problem.x.shape[1], problem.masks.shape[1]
-        slots = min(dim, problem.x.shape[0])
-        active = cone.empty_active_set(halves * patterns * problem.targets.shape[1], slots,
-                                       problem.x.dtype)
+        slots = min(problem.dim, problem.num_rows)
+        active = cone.empty_active_set(halves * problem.num_patterns * problem.num_outputs, slots,
+                                       problem.dtype)
         iterations = cone.cold_start_iterations(slots)
-    return jnp.max(_dual_norms(problem, problem.targets, halves, active, iterations)[0])
+    correlations = pb.targets_correlation(problem, halves)
+    return jnp.max(_dual_norms(problem, correlations, active, iterations)[0])

@@ -15,6 +15,11 @@ iteration is one product X V (to find violations) plus small batched Cholesky so
 Consecutive ADMM iterations project nearby points, so W is kept and reused (warm start): most
 projections then end after a few iterations.
 
+The rows of X are reached only through ``rows.reduce_rows`` (the most violated constraint: a
+running argmin over row blocks) and ``rows.gather_rows`` (the active constraints' rows), so the
+projections also run on rows sharded over devices or streamed from host memory. Zero rows
+(padding) constrain nothing and are never chosen.
+
 All groups (half, pattern, class) are projected together; arrays carry a leading group axis G.
 """
 
@@ -25,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_cronos.cronos.problem import Problem, cone_signs
+from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
 
 class ActiveSet(NamedTuple):
@@ -69,11 +75,39 @@ class Projection(NamedTuple):
     complete: jax.Array
 
 
-def _active_rows(x: jax.Array, signs: jax.Array, active: ActiveSet) -> jax.Array:
+def _constraint_rows(problem: Problem, index: jax.Array, groups_pattern: jax.Array) -> jax.Array:
+    """Rows e_{j,p(g)} x_j of the constraints j = ``index`` [G, ...] of each group g: [G, ..., d]."""
+    x, masks = gather_rows(problem, index)                              # [G, ..., d], [G, ..., P]
+    pattern = groups_pattern.reshape(groups_pattern.shape + (1,) * index.ndim)
+    return x * (2.0 * jnp.take_along_axis(masks, pattern, axis=-1) - 1.0)
+
+
+def _active_rows(problem: Problem, groups_pattern: jax.Array, active: ActiveSet) -> jax.Array:
     """[G, k, d] the rows e_j x_j of the active constraints (zeros in unused slots)."""
-    group_index = jnp.arange(active.rows.shape[0])[:, None]
-    rows = x[active.rows] * signs.T[group_index, active.rows][..., None]
+    rows = _constraint_rows(problem, active.rows, groups_pattern)
     return jnp.where(active.used[..., None], rows, 0.0)
+
+
+def _most_violated(problem: Problem, groups_pattern: jax.Array,
+                   point: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per group, the constraint with the smallest slack e_j x_j·v_g / ‖x_j‖ (the first one on
+    ties) and that slack: ([G] int32, [G]); v = ``point`` [G, d]."""
+    tiny = jnp.finfo(point.dtype).tiny
+
+    def block(rows):
+        norms = jnp.linalg.norm(rows.x, axis=1)[:, None]
+        signs = cone_signs(rows)[:, groups_pattern]                    # [b, G]
+        slack = (rows.x @ point.T) * signs * (1.0 / jnp.maximum(norms, tiny))
+        slack = jnp.where(norms > 0, slack, jnp.inf)
+        worst = jnp.argmin(slack, axis=0)
+        return ((rows.start + worst).astype(jnp.int32),
+                jnp.take_along_axis(slack, worst[None], axis=0)[0])
+
+    def earlier_on_ties(a, b):
+        later = b[1] < a[1]
+        return jnp.where(later, b[0], a[0]), jnp.where(later, b[1], a[1])
+
+    return reduce_rows(problem, block, earlier_on_ties)
 
 
 def _multipliers(rows: jax.Array, gram: jax.Array, used: jax.Array, z: jax.Array) -> jax.Array:
@@ -102,15 +136,21 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
         tol: a constraint counts as violated when e x_j·v < −tol ‖x_j‖ ‖z‖.
         max_iters: cap on Lawson–Hanson iterations (static).
     """
-    group_signs = signs[:, groups_pattern]                              # [n, G]
-    inv_row_norm = 1.0 / jnp.maximum(jnp.linalg.norm(x, axis=1), jnp.finfo(x.dtype).tiny)
+    rows = Problem(x=x, masks=(signs + 1.0) / 2.0, targets=None, scale=jnp.ones((), x.dtype),
+                   beta=jnp.zeros((), x.dtype))
+    return project_rows(rows, groups_pattern, z, active, tol, max_iters)
+
+
+def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, active: ActiveSet,
+                 tol, max_iters: int) -> Projection:
+    """``project`` onto the cones of the rows of ``problem`` (in memory, sharded or streamed)."""
     slots = active.used.shape[1]
     mu0 = jnp.zeros(active.used.shape, z.dtype)
     z_norm = jnp.linalg.norm(z, axis=1)
 
     def body(carry):
         i, active, mu, done, _ = carry
-        rows = _active_rows(x, group_signs, active)
+        rows = _active_rows(problem, groups_pattern, active)
         target = _multipliers(rows, active.gram, active.used, z)
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
         # Lawson–Hanson step back: move from μ towards the LS multipliers until one reaches 0.
@@ -126,18 +166,16 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
         new_mu = jnp.where(used, new_mu, 0.0)
 
         point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
-        slack = (x @ point.T) * group_signs * inv_row_norm[:, None]     # [n, G]
-        worst = jnp.argmin(slack, axis=0)
-        worst_slack = jnp.take_along_axis(slack, worst[None], axis=0)[0]
+        worst, worst_slack = _most_violated(problem, groups_pattern, point)
         violated = worst_slack < -tol * z_norm
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
         free_slot = jnp.argmin(used, axis=1)
         has_room = ~jnp.all(used, axis=1)
         add = feasible & violated & ~already & has_room & ~done
         slot_hit = (jnp.arange(slots)[None] == free_slot[:, None]) & add[:, None]
-        rows_idx = jnp.where(slot_hit, worst[:, None].astype(jnp.int32), active.rows)
+        rows_idx = jnp.where(slot_hit, worst[:, None], active.rows)
         # the new row's inner products with the slots' rows fill its row and column of the Gram
-        new_row = x[worst] * jnp.take_along_axis(group_signs, worst[None], axis=0)[0][:, None]
+        new_row = _constraint_rows(problem, worst, groups_pattern)
         products = jnp.einsum("gkd,gd->gk", rows, new_row)
         products = jnp.where(slot_hit, jnp.sum(new_row**2, axis=1)[:, None], products)
         gram = jnp.where(slot_hit[:, :, None], products[:, None, :], active.gram)
@@ -159,7 +197,7 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
     groups = z.shape[0]
     init = (jnp.asarray(0), active, mu0, jnp.zeros(groups, bool), jnp.zeros(groups, bool))
     iterations, active, mu, done, out_of_room = jax.lax.while_loop(cond, body, init)
-    rows = _active_rows(x, group_signs, active)
+    rows = _active_rows(problem, groups_pattern, active)
     point = z + jnp.einsum("gk,gkd->gd", mu, rows)
     return Projection(point, active, iterations, done & ~out_of_room)
 
@@ -198,5 +236,5 @@ def projection_tolerance(dtype) -> float:
 def project_groups(problem: Problem, rows: jax.Array, shape, active: ActiveSet,
                    max_iters: int) -> Projection:
     """Projects the groups ``rows`` [H·P·C, d] of a [H, d, P, C] array onto their cones."""
-    return project(problem.x, cone_signs(problem), group_pattern_index(shape), rows, active,
-                   projection_tolerance(rows.dtype), max_iters=max_iters)
+    return project_rows(problem, group_pattern_index(shape), rows, active,
+                        projection_tolerance(rows.dtype), max_iters=max_iters)

@@ -43,11 +43,13 @@ class ConvexParams:
         return self.v.shape[-1]
 
 
-def with_intercept(x: jax.Array, intercept: bool) -> jax.Array:
-    """Appends the constant-1 column when ``intercept``: [n, d] → [n, d (+1)]."""
+def with_intercept(x, intercept: bool):
+    """Appends the constant-1 column when ``intercept``: [..., d] → [..., d (+1)]; a NumPy
+    array stays on the host."""
     if not intercept:
         return x
-    return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return xp.concatenate([x, xp.ones(x.shape[:-1] + (1,), x.dtype)], axis=-1)
 
 
 def predict(params: ConvexParams, x: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from flax_cronos.cronos import admm, certificate, problem as pb
 from flax_cronos.cronos.network import score
@@ -71,7 +72,8 @@ def _restart(state: admm.AdmmState, problem: pb.Problem, config: admm.CronosConf
 def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None, *,
                key: jax.Array, x_val=None, y_val=None, gates=None, holdout: float = 0.2,
                holdout_seed: int = 0, num: int = 16, ratio: float = 1e-4,
-               callback: Optional[Callable[[PathPoint], None]] = None) -> Path:
+               callback: Optional[Callable[[PathPoint], None]] = None,
+               mesh: Optional[Mesh] = None) -> Path:
     """Solves a warm-started β path and picks β on validation data.
 
     Args:
@@ -83,6 +85,8 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
             rows (a permutation seeded by ``holdout_seed``) is used.
         gates: optional [d, P] gates.
         callback: called with each ``PathPoint`` when it is solved (progress bars).
+        mesh: solve with the rows sharded over this one-axis device mesh (as ``admm.solve``);
+            the validation metrics are computed on the default device.
 
     Returns:
         A ``Path``.
@@ -106,7 +110,7 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
         if x_val.shape[1] != x.shape[1]:
             raise ValueError(f"x_val has {x_val.shape[1]} features but x has {x.shape[1]}")
 
-    problem, precond, gates = admm.prepare(fit_x, fit_y, config, key=key, gates=gates)
+    problem, precond, gates = admm.prepare(fit_x, fit_y, config, key=key, gates=gates, mesh=mesh)
     top = beta_max(problem, config.activation)
     betas = default_betas(top, num, ratio) if betas is None else np.asarray(betas, float)
     if betas.ndim != 1 or betas.size == 0 or np.any(betas < 0) or np.any(np.diff(betas) > 0):
@@ -116,7 +120,7 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     for beta in betas:
         start = time.perf_counter()
         point_config = dataclasses.replace(config, beta=float(beta))
-        point_problem = problem._replace(beta=jnp.asarray(beta, problem.x.dtype) / problem.scale)
+        point_problem = problem._replace(beta=jnp.asarray(beta, problem.dtype) / problem.scale)
         state = (admm.init_state(point_problem, point_config) if state is None
                  else _restart(state, point_problem, point_config))
         state = admm.iterate(point_problem, precond, state, point_config)
@@ -136,5 +140,5 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     best = points[best_index].solution
     if refit:
         best = admm.solve(x, y, dataclasses.replace(config, beta=points[best_index].beta),
-                          key=key, gates=gates)
+                          key=key, gates=gates, mesh=mesh)
     return Path(points, best_index, best, metric, top)

@@ -14,15 +14,24 @@ Operators (never materialised; each is one or two GEMMs with X):
 
 The solver works on X̂ = X / σ with σ = ‖X‖₂ (so ‖X̂‖₂ = 1). The program on (X̂, β/σ) has the
 solution σ·u: every statistic is unchanged, and the data scale no longer matters to ADMM.
+
+The operators take any object with ``x`` and ``masks`` (a ``Problem`` in memory or a
+``rows.RowBlock``). Everything that sums over the rows (``normalise``, ``targets_correlation``,
+``residual_terms`` here; ``admm.pattern_gram``, the cone projections and the certificate) goes
+through ``rows.reduce_rows``, so it also runs on sharded and streamed rows, and nothing of size
+n leaves a block.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_cronos.cronos.rows import RowBlock, RowStream, reduce_rows
+
 ACTIVATIONS = ("relu", "gated_relu")
+CHECK_ROWS = 65536      # rows of a host array checked for NaN/Inf at a time
 TASKS = ("classification", "regression")
 
 
@@ -40,34 +49,70 @@ class Problem(NamedTuple):
     """A convex program on normalised data; a pytree of arrays.
 
     Attributes:
-        x: [n, d] features divided by ``scale`` (intercept column already appended).
-        masks: [n, P] activation patterns 1[XΓ ≥ 0] as 0/1 floats.
-        targets: [n, C] encoded targets.
+        x: [n, d] features divided by ``scale`` (intercept column already appended); None when
+            streamed.
+        masks: [n, P] activation patterns 1[XΓ ≥ 0] as 0/1 floats; None when streamed.
+        targets: [n, C] encoded targets; None when streamed.
         scale: σ = ‖X‖₂ of the un-normalised features.
         beta: β/σ, the group-lasso weight of the normalised program.
+        stream: the un-normalised rows in host memory (static), or None when x, masks and
+            targets are device arrays (see ``rows.py``).
     """
 
-    x: jax.Array
-    masks: jax.Array
-    targets: jax.Array
+    x: Optional[jax.Array]
+    masks: Optional[jax.Array]
+    targets: Optional[jax.Array]
     scale: jax.Array
     beta: jax.Array
+    stream: Optional[RowStream] = None
+
+    @property
+    def num_rows(self) -> int:
+        """n (counting rows padded for sharding)."""
+        return self.x.shape[0] if self.stream is None else self.stream.num_rows
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1] if self.stream is None else self.stream.dim
+
+    @property
+    def num_patterns(self) -> int:
+        return (self.masks if self.stream is None else self.stream.masks).shape[1]
+
+    @property
+    def num_outputs(self) -> int:
+        return (self.targets if self.stream is None else self.stream.targets).shape[1]
+
+    @property
+    def dtype(self):
+        return self.x.dtype if self.stream is None else self.stream.dtype
+
+
+Rows = Union[Problem, RowBlock]
 
 
 # ----------------------------------------------------------------------------- input checks
 
 
-def check_features(x, name: str = "x") -> np.ndarray:
-    """Returns ``x`` as a float array after checking it is a finite, non-empty [n, d] matrix."""
-    x = np.asarray(x)
+def check_features(x, name: str = "x"):
+    """Returns ``x`` after checking it is a finite, non-empty [n, d] matrix of real numbers.
+
+    Device arrays (e.g. sharded over a mesh) are checked where they are; host arrays, memory-
+    mapped ones included, are returned as they are and checked ``CHECK_ROWS`` rows at a time.
+    """
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {x.shape}; need at least one row and column")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.isfinite(x)))
+    if isinstance(x, jax.Array):
+        bad = int(jnp.sum(~jnp.isfinite(x)))
+    else:
+        bad = sum(int(np.sum(~np.isfinite(x[i:i + CHECK_ROWS]))) for i in range(0, len(x), CHECK_ROWS))
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN or Inf values")
     return x
 
@@ -135,50 +180,71 @@ def activation_patterns(x: jax.Array, gates: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def make_problem(x: jax.Array, masks: jax.Array, targets: jax.Array, beta) -> Problem:
-    """Normalises X by its spectral norm σ (and β by σ)."""
-    top = jnp.maximum(jnp.linalg.eigvalsh(x.T @ x)[-1], jnp.finfo(x.dtype).tiny)
+def normalise(problem: Problem) -> Problem:
+    """Divides X by its spectral norm σ = √λ_max(XᵀX) (and β by σ); XᵀX is summed over row
+    blocks, and streamed rows are divided as they are read."""
+    gram = reduce_rows(problem, lambda rows: rows.x.T @ rows.x)                  # [d, d]
+    top = jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], jnp.finfo(problem.dtype).tiny)
     scale = jnp.sqrt(top)
-    return Problem(x=x / scale, masks=masks, targets=targets, scale=scale,
-                   beta=jnp.asarray(beta, x.dtype) / scale)
+    x = None if problem.x is None else problem.x / scale
+    return problem._replace(x=x, scale=problem.scale * scale, beta=problem.beta / scale)
 
 
 # ----------------------------------------------------------------------------- operators
 
 
-def pattern_sum(problem: Problem, z: jax.Array) -> jax.Array:
+def pattern_sum(rows: Rows, z: jax.Array) -> jax.Array:
     """Σ_i D_i X z_i: [d, P, C] → [n, C]."""
-    xz = jnp.einsum("nd,dpc->npc", problem.x, z)
-    return jnp.einsum("np,npc->nc", problem.masks, xz)
+    xz = jnp.einsum("nd,dpc->npc", rows.x, z)
+    return jnp.einsum("np,npc->nc", rows.masks, xz)
 
 
-def pattern_sum_t(problem: Problem, r: jax.Array) -> jax.Array:
+def pattern_sum_t(rows: Rows, r: jax.Array) -> jax.Array:
     """The adjoint of ``pattern_sum``: (Xᵀ D_i r)_i: [n, C] → [d, P, C]."""
-    masked = problem.masks[:, :, None] * r[:, None, :]
-    return jnp.einsum("nd,npc->dpc", problem.x, masked)
+    masked = rows.masks[:, :, None] * r[:, None, :]
+    return jnp.einsum("nd,npc->dpc", rows.x, masked)
 
 
-def apply_F(problem: Problem, u: jax.Array) -> jax.Array:
+def apply_F(rows: Rows, u: jax.Array) -> jax.Array:
     """F u: [H, d, P, C] → [n, C] (the convex model's training-set output)."""
-    return pattern_sum(problem, jnp.tensordot(half_signs(u.shape[0], u.dtype), u, axes=1))
+    return pattern_sum(rows, jnp.tensordot(half_signs(u.shape[0], u.dtype), u, axes=1))
 
 
-def apply_Ft(problem: Problem, r: jax.Array, num_halves: int) -> jax.Array:
+def apply_Ft(rows: Rows, r: jax.Array, num_halves: int) -> jax.Array:
     """Fᵀ r: [n, C] → [H, d, P, C]."""
     signs = half_signs(num_halves, r.dtype)
-    return signs[:, None, None, None] * pattern_sum_t(problem, r)[None]
+    return signs[:, None, None, None] * pattern_sum_t(rows, r)[None]
 
 
-def cone_signs(problem: Problem) -> jax.Array:
+def cone_signs(rows: Rows) -> jax.Array:
     """E = 2M − 1: [n, P]."""
-    return 2.0 * problem.masks - 1.0
+    return 2.0 * rows.masks - 1.0
 
 
-def apply_G(problem: Problem, u: jax.Array) -> jax.Array:
+def apply_G(rows: Rows, u: jax.Array) -> jax.Array:
     """G u = E ∘ (X u_h): [H, d, P, C] → [H, n, P, C]."""
-    return cone_signs(problem)[None, :, :, None] * jnp.einsum("nd,hdpc->hnpc", problem.x, u)
+    return cone_signs(rows)[None, :, :, None] * jnp.einsum("nd,hdpc->hnpc", rows.x, u)
 
 
-def apply_Gt(problem: Problem, s: jax.Array) -> jax.Array:
+def apply_Gt(rows: Rows, s: jax.Array) -> jax.Array:
     """Gᵀ s = Xᵀ(E ∘ s_h): [H, n, P, C] → [H, d, P, C]."""
-    return jnp.einsum("nd,hnpc->hdpc", problem.x, cone_signs(problem)[None, :, :, None] * s)
+    return jnp.einsum("nd,hnpc->hdpc", rows.x, cone_signs(rows)[None, :, :, None] * s)
+
+
+# ----------------------------------------------------------------------------- reductions over rows
+
+
+def targets_correlation(problem: Problem, num_halves: int) -> jax.Array:
+    """FᵀY: [H, d, P, C]."""
+    return reduce_rows(problem, lambda rows: apply_Ft(rows, rows.targets, num_halves))
+
+
+def residual_terms(problem: Problem, u: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For the residual R = Y − F u of u [H, d, P, C], in one pass over the rows:
+    (Fᵀ R [H, d, P, C], ‖R_c‖² [C], ⟨R_c, Y_c⟩ [C]) per output c."""
+    def block(rows):
+        residual = rows.targets - apply_F(rows, u)
+        return (apply_Ft(rows, residual, u.shape[0]), jnp.sum(residual**2, axis=0),
+                jnp.sum(residual * rows.targets, axis=0))
+
+    return reduce_rows(problem, block)
