@@ -107,11 +107,12 @@ def write_path(out: Path, path: cronos.Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     entries = [{"beta": p.beta, "objective": p.solution.stats.objective,
                 f"train_{path.metric}": p.train_metric, f"val_{path.metric}": p.val_metric,
-                "active_neurons": p.active_neurons, "iterations": p.solution.stats.iterations,
+                "active_neurons": p.active_neurons, "duality_gap": p.solution.stats.duality_gap,
+                "iterations": p.solution.stats.iterations,
                 "seconds": p.solution.stats.seconds, "status": p.solution.status.name}
                for p in path.points]
     summary = {"beta_max": path.beta_max, "chosen_beta": path.points[path.best_index].beta,
-               "metric": path.metric, "points": entries}
+               "metric": path.metric, "screen_tol": path.screen_tol, "points": entries}
     (out / "path.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     betas = [p.beta for p in path.points]

@@ -60,7 +60,8 @@ from flax_cronos.cronos import certificate, cone, problem as pb
 from flax_cronos.cronos.network import ConvexParams, with_intercept
 from flax_cronos.cronos.nystrom import NystromApprox, apply_inverse_preconditioner, nystrom
 from flax_cronos.cronos.pcg import pcg
-from flax_cronos.cronos.rows import RowStream, auto_mesh, mesh_of, place_rows, reduce_rows
+from flax_cronos.cronos.rows import (RowStream, auto_mesh, gather_processes, holds_process_rows,
+                                     mesh_of, place_process_rows, place_rows, reduce_rows)
 
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
@@ -328,15 +329,32 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
 
     def body(st):
         st = admm_step(problem, precond, ft_y, st, settings)
-
-        def with_gap(st):
-            gap, dual_active = certificate.duality_gap(problem, st.v, st.dual_active,
-                                                       _gap_projection_iters(st))
-            return st._replace(gap=gap, dual_active=dual_active)
-
-        return jax.lax.cond(st.iteration % GAP_EVERY == 0, with_gap, lambda st: st, st)
+        return jax.lax.cond(st.iteration % GAP_EVERY == 0, lambda st: with_gap(problem, st),
+                            lambda st: st, st)
 
     return jax.lax.while_loop(cond, body, state)
+
+
+def with_gap(problem: pb.Problem, state: AdmmState) -> AdmmState:
+    """The state with the duality gap of its iterate v (and the gap's updated warm start)."""
+    gap, dual_active = certificate.duality_gap(problem, state.v, state.dual_active,
+                                               _gap_projection_iters(state))
+    return state._replace(gap=gap, dual_active=dual_active)
+
+
+_with_gap = jax.jit(with_gap)
+
+
+def certify(problem: pb.Problem, state: AdmmState) -> AdmmState:
+    """``with_gap`` for a starting state, growing the active sets until its projections fit:
+    ADMM then stops before its first iteration when the start is already certified within
+    ``tol`` of the optimum (e.g. zero for β ≥ β̄)."""
+    while True:
+        state = _with_gap(problem, state)
+        grown = _grow_active_sets(state, problem)
+        if grown is state:
+            return state
+        state = grown
 
 
 @functools.partial(jax.jit, static_argnames=("activation",))
@@ -405,15 +423,17 @@ def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None, mesh: Opt
     """Checks inputs and builds the normalised problem and its preconditioner.
 
     The rows go where ``solve`` is asked to put them (see ``rows.py``): on the default device;
-    sharded over ``mesh``, or over the mesh of an ``x`` already sharded by rows; or, with
-    ``block_rows``, left in host memory and streamed.
+    sharded over ``mesh`` (over several processes when it spans them, each giving its own rows),
+    or over the mesh of an ``x`` already sharded by rows; or, with ``block_rows``, left in host
+    memory and streamed.
 
     Returns:
         (problem, preconditioner, gates [d, P]).
     """
     config.check()
     x = pb.check_features(x)
-    targets, _ = pb.encode_targets(y, config.task, x.shape[0])
+    gather = gather_processes if holds_process_rows(x, mesh) else None
+    targets, _ = pb.encode_targets(y, config.task, x.shape[0], gather=gather)
     dtype = jnp.dtype(config.dtype)
     dim = x.shape[1] + int(config.intercept)
     gate_key, sketch_key = jax.random.split(key)
@@ -441,10 +461,13 @@ def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None, mesh: Opt
 def _place(x, targets: np.ndarray, dtype, intercept: bool,
            mesh: Optional[Mesh]) -> tuple[jax.Array, jax.Array]:
     """Features [n, d] (with the intercept column) and targets [n, C] on the default device, or
-    with their rows sharded over ``mesh`` (by default the mesh ``x`` is sharded over, if any);
-    host features are cast on the host, so each device receives only its rows."""
+    with their rows sharded over ``mesh`` (by default the mesh ``x`` is sharded over, if any;
+    ``x`` and ``targets`` are this process's rows when ``mesh`` spans several processes); host
+    features are cast on the host, so each device receives only its rows."""
     x = with_intercept(np.asarray(x, dtype) if isinstance(x, np.ndarray) else jnp.asarray(x, dtype),
                        intercept)
+    if holds_process_rows(x, mesh):
+        return tuple(place_process_rows((x, targets), auto_mesh(mesh)))
     mesh = mesh_of(x) if mesh is None else mesh
     if mesh is None:
         return jnp.asarray(x), jnp.asarray(targets)
@@ -558,7 +581,10 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
         mesh: a one-axis device mesh (``cronos.row_mesh``): the rows of X, Y and the masks are
             sharded over it (zero rows pad n to a multiple of its size) and every operator
             reduces [d, P]-sized partial results across devices; an ``x`` already sharded by
-            rows brings its own mesh. Same result as on one device, up to rounding.
+            rows brings its own mesh. Same result as on one device, up to rounding. Over a mesh
+            of several processes' devices (``cronos.global_row_mesh``, after
+            ``jax.distributed.initialize``) every process calls ``solve`` with its own rows of x
+            and y (X is their concatenation in process order) and gets the same Solution.
         block_rows: stream X from host memory in blocks of at most this many rows (evened out
             over the blocks): device memory holds a few blocks and [d, P]-sized arrays, never X.
             Same result, up to rounding.
@@ -572,7 +598,10 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
     start = time.perf_counter()
     problem, precond, gates = prepare(x, y, config, key=key, gates=gates, mesh=mesh,
                                       block_rows=block_rows)
-    state = iterate(problem, precond, init_state(problem, config, init), config, callback)
+    state = init_state(problem, config, init)
+    if init is not None:
+        state = certify(problem, state)
+    state = iterate(problem, precond, state, config, callback)
     jax.block_until_ready(state)
     solution = finish(problem, state, gates, config, time.perf_counter() - start)
     if throw and solution.status != SolveStatus.CONVERGED:

@@ -3,11 +3,19 @@
 β̄ (``beta_max``, see ``certificate.py``) is the smallest β whose optimum is zero.
 
 ``solve_path`` solves β_1 = β̄ > β_2 > … > β_K = β̄·ratio (a log grid). Each point starts from
-the previous one's ADMM state (iterates, scaled dual, active sets of the cone projections); the
+the previous one's ADMM state (iterates, scaled dual, active sets of the cone projections),
+whose duality gap is checked first (zero at β̄ is certified without an iteration); the
 patterns and the Nyström sketch, which do not depend on β, are built once. β is chosen by the
 validation metric (accuracy, or mean squared error for regression; ties go to the larger β).
 Without validation data, a seeded random ``holdout`` fraction of the training rows is held out
-for the choice, and the chosen β is then solved again on all the training rows.
+for the choice, and the chosen β is then solved again on all the training rows, warm-started
+from its path point.
+
+Screening. ADMM's tail is linear: a warm start a factor δ closer to the optimum saves only
+log δ of the log(1/tol) iterations a point needs, so 16 points solved to the final tolerance
+cost 5–6 cold solves. The validation metric needs far less: the points are solved to
+``screen_tol`` (default ``max(config.tol, SCREEN_TOL)``), and only the chosen one is solved on
+to ``config.tol``, from its own state (measurements in docs/benchmarks.md).
 """
 
 import dataclasses
@@ -22,6 +30,8 @@ from jax.sharding import Mesh
 from flax_cronos.cronos import admm, certificate, problem as pb
 from flax_cronos.cronos.network import score
 
+SCREEN_TOL = 1e-2   # default tolerance of the path points (see the module docstring)
+
 
 class PathPoint(NamedTuple):
     """One β of the path: the solution and its metrics (accuracy, or MSE for regression)."""
@@ -35,11 +45,13 @@ class PathPoint(NamedTuple):
 
 class Path(NamedTuple):
     """Attributes:
-    points: the path, from β̄ down.
+    points: the path, from β̄ down, each solved to the screening tolerance.
     best_index: the point chosen by the validation metric.
-    best: the chosen solution (solved again on all training rows when a holdout was used).
+    best: the chosen solution, solved to ``config.tol`` (on all training rows when a holdout
+        was used).
     metric: "accuracy" or "mse".
     beta_max: β̄.
+    screen_tol: the tolerance the points were solved to.
     """
 
     points: list
@@ -47,6 +59,7 @@ class Path(NamedTuple):
     best: admm.Solution
     metric: str
     beta_max: float
+    screen_tol: float
 
 
 def beta_max(problem: pb.Problem, activation: str) -> float:
@@ -59,21 +72,27 @@ def default_betas(top: float, num: int = 16, ratio: float = 1e-4) -> np.ndarray:
     return np.geomspace(top, top * ratio, num)
 
 
-def _restart(state: admm.AdmmState, problem: pb.Problem, config: admm.CronosConfig):
-    """Carries an ADMM state to a new β: ρ for the new β, counters and residuals reset."""
+def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
+             config: admm.CronosConfig) -> admm.AdmmState:
+    """The starting state of a path point: the previous point's state (zero for the first)
+    carried to the new β (ρ for the new β, same dual θ = ρλ, counters and residuals reset),
+    with its duality gap."""
+    if state is None:
+        return admm.certify(problem, admm.init_state(problem, config))
     rho = admm.initial_rho(problem, config)
     unknown = admm.unknown_residual(rho.dtype)
     zero = jnp.zeros_like(state.iteration)
-    return state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
-                          pcg_iterations=zero, projection_iterations=zero,
-                          primal_residual=unknown, dual_residual=unknown, gap=unknown)
+    state = state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
+                           pcg_iterations=zero, projection_iterations=zero,
+                           primal_residual=unknown, dual_residual=unknown)
+    return admm.certify(problem, state)
 
 
 def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None, *,
                key: jax.Array, x_val=None, y_val=None, gates=None, holdout: float = 0.2,
                holdout_seed: int = 0, num: int = 16, ratio: float = 1e-4,
                callback: Optional[Callable[[PathPoint], None]] = None,
-               mesh: Optional[Mesh] = None) -> Path:
+               mesh: Optional[Mesh] = None, screen_tol: Optional[float] = None) -> Path:
     """Solves a warm-started β path and picks β on validation data.
 
     Args:
@@ -87,6 +106,8 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
         callback: called with each ``PathPoint`` when it is solved (progress bars).
         mesh: solve with the rows sharded over this one-axis device mesh (as ``admm.solve``);
             the validation metrics are computed on the default device.
+        screen_tol: tolerance of the path points (default ``max(config.tol, SCREEN_TOL)``);
+            ``config.tol`` makes every point a solution to ``config.tol``.
 
     Returns:
         A ``Path``.
@@ -116,29 +137,41 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     if betas.ndim != 1 or betas.size == 0 or np.any(betas < 0) or np.any(np.diff(betas) > 0):
         raise ValueError("betas must be a non-empty decreasing sequence of values >= 0")
 
-    points, state = [], None
+    screen_tol = max(config.tol, SCREEN_TOL) if screen_tol is None else screen_tol
+    if not 0 < screen_tol < 1:
+        raise ValueError(f"screen_tol must be in (0, 1); got {screen_tol}")
+    metric = "mse" if config.task == "regression" else "accuracy"
+    better = np.less if metric == "mse" else np.greater
+    points, state, chosen = [], None, None
     for beta in betas:
         start = time.perf_counter()
-        point_config = dataclasses.replace(config, beta=float(beta))
+        point_config = dataclasses.replace(config, beta=float(beta), tol=screen_tol)
         point_problem = problem._replace(beta=jnp.asarray(beta, problem.dtype) / problem.scale)
-        state = (admm.init_state(point_problem, point_config) if state is None
-                 else _restart(state, point_problem, point_config))
-        state = admm.iterate(point_problem, precond, state, point_config)
+        state = admm.iterate(point_problem, precond, _restart(state, point_problem, point_config),
+                             point_config)
         jax.block_until_ready(state)
-        solution = admm.finish(point_problem, state, gates, point_config,
-                               time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        solution = admm.finish(point_problem, state, gates, point_config, seconds)
         active = sum(int(np.sum(np.linalg.norm(np.asarray(g), axis=1) > 0))
                      for g in (solution.params.v, solution.params.w) if g is not None)
         points.append(PathPoint(float(beta), solution, score(solution.params, fit_x, fit_y, config.task),
                                 score(solution.params, x_val, y_val, config.task), active))
+        if chosen is None or better(points[-1].val_metric, points[chosen[0]].val_metric):
+            chosen = (len(points) - 1, point_problem, state, seconds)
         if callback is not None:
             callback(points[-1])
 
-    metric = "mse" if config.task == "regression" else "accuracy"
-    values = np.array([p.val_metric for p in points])
-    best_index = int(np.argmin(values) if metric == "mse" else np.argmax(values))
-    best = points[best_index].solution
+    best_index, best_problem, best_state, seconds = chosen
+    best_config = dataclasses.replace(config, beta=points[best_index].beta)
     if refit:
-        best = admm.solve(x, y, dataclasses.replace(config, beta=points[best_index].beta),
-                          key=key, gates=gates, mesh=mesh)
-    return Path(points, best_index, best, metric, top)
+        best = admm.solve(x, y, best_config, key=key, gates=gates, mesh=mesh,
+                          init=points[best_index].solution.params)
+    elif screen_tol > config.tol:
+        start = time.perf_counter()
+        best_state = admm.iterate(best_problem, precond, best_state, best_config)
+        jax.block_until_ready(best_state)
+        best = admm.finish(best_problem, best_state, gates, best_config,
+                           seconds + time.perf_counter() - start)
+    else:
+        best = points[best_index].solution
+    return Path(points, best_index, best, metric, top, screen_tol)

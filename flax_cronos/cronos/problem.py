@@ -22,7 +22,7 @@ through ``rows.reduce_rows``, so it also runs on sharded and streamed rows, and 
 n leaves a block.
 """
 
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -117,14 +117,18 @@ def check_features(x, name: str = "x"):
     return x
 
 
-def encode_targets(y, task: str, n: int, name: str = "y",
-                   num_classes: Optional[int] = None) -> tuple[np.ndarray, int]:
+def encode_targets(y, task: str, n: int, name: str = "y", num_classes: Optional[int] = None,
+                   gather: Optional[Callable[[np.ndarray], np.ndarray]] = None
+                   ) -> tuple[np.ndarray, int]:
     """Encodes labels or values as the [n, C] target matrix of the program.
 
     Classification: integer labels 0..C−1. Two classes give C = 1 output with targets ±1
     (label 1 → +1, label 0 → −1); more give one-hot rows. Regression: [n] or [n, C] floats.
     ``num_classes`` fixes the number of classes (validation labels encoded like the
     training labels); by default it is the largest label + 1, and two must occur.
+    ``gather``: ``y`` is one process's part of the labels, and ``gather`` stacks every process's
+    [2] (smallest, largest label) into [p, 2] (``rows.gather_processes``): the default number of
+    classes then counts the labels of every process.
 
     Returns:
         (targets [n, C] float64, number of classes; 0 for regression).
@@ -146,9 +150,13 @@ def encode_targets(y, task: str, n: int, name: str = "y",
     if np.any(labels != y) or labels.min() < 0:
         raise ValueError(f"{name} must hold integer class labels 0..C-1")
     if num_classes is None:
-        num_classes = int(labels.max()) + 1
-        if np.unique(labels).size < 2:
-            raise ValueError(f"{name} holds a single class ({labels[0]}); need at least two")
+        low, high = labels.min(), labels.max()
+        if gather is not None:
+            ranges = gather(np.array([low, high]))
+            low, high = ranges[:, 0].min(), ranges[:, 1].max()
+        if low == high:
+            raise ValueError(f"{name} holds a single class ({low}); need at least two")
+        num_classes = int(high) + 1
     elif labels.max() >= num_classes:
         raise ValueError(f"{name} has label {labels.max()} but there are {num_classes} classes")
     if num_classes == 2:

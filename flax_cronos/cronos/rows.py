@@ -7,7 +7,9 @@ written once, for a ``RowBlock`` of consecutive rows, and ``reduce_rows`` combin
 - **in memory** (the default): the block is all of X, on one device;
 - **sharded**: the same code on arrays whose rows are sharded over a one-axis device mesh
   (``place_rows``). XLA's SPMD partitioner runs each block function on every device's rows and
-  all-reduces the results, which are [d, P]-sized: X and every [n, ·] array stay where they are;
+  all-reduces the results, which are [d, P]-sized: X and every [n, ·] array stay where they are.
+  The mesh may span the devices of several processes (hosts, after ``jax.distributed.initialize``;
+  ``global_row_mesh``): each process then gives only its own rows (``place_process_rows``);
 - **streamed** (``RowStream``): X, the masks and the targets stay in host memory (or a
   memory-mapped ``.npy``); inside the compiled program a loop reads one block of ``block_rows``
   rows at a time through a host callback (``jax.pure_callback``), so device memory holds
@@ -16,16 +18,18 @@ written once, for a ``RowBlock`` of consecutive rows, and ``reduce_rows`` combin
   them out of JAX's persistent compilation cache).
 
 Single rows (the cone projections' active constraints) are read with ``gather_rows``.
-Padding rows (to a multiple of the device count, or of the block size) are zero rows with zero
-targets: they add nothing to F, Fᵀ, XᵀX or the loss, and their cone constraints 0 ≥ 0 hold.
+Padding rows (to a multiple of the device count, after each process's rows when they are
+spread over processes, or of the block size) are zero rows with zero targets: they add nothing
+to F, Fᵀ, XᵀX or the loss, and their cone constraints 0 ≥ 0 hold.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from flax_cronos.cronos.network import with_intercept
@@ -179,6 +183,13 @@ def row_mesh(num_devices: int = 0, axis: str = "rows") -> Mesh:
     return jax.make_mesh((len(chosen),), (axis,), axis_types=(AxisType.Auto,), devices=chosen)
 
 
+def global_row_mesh(axis: str = "rows") -> Mesh:
+    """A one-axis mesh over the devices of every process (``jax.devices()`` after
+    ``jax.distributed.initialize``), grouped by process: process i's devices hold its rows."""
+    devices = sorted(jax.devices(), key=lambda device: (device.process_index, device.id))
+    return Mesh(np.array(devices), (axis,), axis_types=(AxisType.Auto,))
+
+
 def auto_mesh(mesh: Mesh) -> Mesh:
     """Checks ``mesh`` has one axis and returns it with that axis in Auto mode, where XLA's
     partitioner chooses the collectives (``jax.make_mesh`` makes Explicit axes by default)."""
@@ -200,11 +211,51 @@ def row_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
 
 
+def pad_rows(array, rows: int):
+    """``array`` [n, ...] with zero rows appended up to ``rows`` rows (a host array stays one)."""
+    if rows == array.shape[0]:
+        return array
+    widths = [(0, rows - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+    return jnp.pad(array, widths) if isinstance(array, jax.Array) else np.pad(array, widths)
+
+
 def place_rows(array, mesh: Mesh) -> jax.Array:
     """Shards the rows of ``array`` [n, ...] over ``mesh``, first padding it with zero rows to a
     multiple of the device count. A host array goes to each device in its shard only."""
-    pad = -array.shape[0] % mesh.size
-    if pad:
-        widths = [(0, pad)] + [(0, 0)] * (array.ndim - 1)
-        array = jnp.pad(array, widths) if isinstance(array, jax.Array) else np.pad(array, widths)
-    return jax.device_put(array, row_sharding(mesh))
+    return jax.device_put(pad_rows(array, -(-array.shape[0] // mesh.size) * mesh.size),
+                          row_sharding(mesh))
+
+
+def holds_process_rows(x, mesh: Optional[Mesh]) -> bool:
+    """Whether ``x`` is one process's part of rows spread over ``mesh``: the mesh spans several
+    processes and ``x`` is not already an array over them."""
+    return (mesh is not None and mesh.is_multi_process
+            and not (isinstance(x, jax.Array) and not x.is_fully_addressable))
+
+
+def gather_processes(value) -> np.ndarray:
+    """Every process's ``value`` (same shape in each) stacked in process order: [p, ...]. A
+    collective: every process calls it."""
+    return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
+
+
+def place_process_rows(arrays: Sequence[Any], mesh: Mesh) -> list[jax.Array]:
+    """Global arrays whose rows are every process's ``arrays``, in process order, sharded over
+    ``mesh`` (a mesh of every process's devices, grouped by process: ``global_row_mesh``).
+
+    Process i gives its own n_i rows of each array ([n_i, ...], host or local) and pads them with
+    zero rows to r = ⌈max_i n_i / L⌉ · L, L being its devices in the mesh; the global arrays have
+    p · r rows, process i's on its own devices, and no process ever holds another's rows. A
+    collective (the row counts are exchanged): every process calls it, with the same mesh.
+    """
+    local = len(mesh.local_devices)
+    if local * jax.process_count() != mesh.size:
+        raise ValueError(f"the mesh must hold the same number of devices of every process; "
+                         f"this process has {local} of its {mesh.size} "
+                         f"({jax.process_count()} processes)")
+    most = int(np.max(gather_processes(arrays[0].shape[0])))
+    rows = -(-most // local) * local
+    sharding = row_sharding(mesh)
+    return [jax.make_array_from_process_local_data(
+        sharding, pad_rows(np.asarray(a), rows), (rows * jax.process_count(),) + a.shape[1:])
+        for a in arrays]
