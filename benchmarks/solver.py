@@ -217,11 +217,12 @@ def path_cost(n: int, dim: int, patterns: int, repeats: int = 3) -> dict:
             seconds.append(time.perf_counter() - start)
         return float(np.median(seconds)), result
 
-    results = {"n": n, "dim": dim, "points": 16, "tol": config.tol}
+    results = {"n": n, "dim": dim, "tol": config.tol}
     for mode, screen_tol in (("screened", None), ("exact_points", config.tol)):
         seconds, path = median_seconds(lambda: cronos.solve_path(
             x[train], labels[train], config, key=jax.random.key(0), gates=gates, x_val=x[val],
             y_val=labels[val], screen_tol=screen_tol))
+        results["points"] = len(path.points)
         results[mode] = {"seconds": seconds, "screen_tol": path.screen_tol,
                          "iterations": [p.solution.stats.iterations for p in path.points],
                          "chosen_beta_over_beta_max": path.points[path.best_index].beta / path.beta_max,

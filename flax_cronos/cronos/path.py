@@ -72,6 +72,11 @@ def default_betas(top: float, num: int = 16, ratio: float = 1e-4) -> np.ndarray:
     return np.geomspace(top, top * ratio, num)
 
 
+def _at(problem: pb.Problem, beta: float) -> pb.Problem:
+    """The normalised problem at β (β of the original program)."""
+    return problem._replace(beta=jnp.asarray(beta, problem.dtype) / problem.scale)
+
+
 def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
              config: admm.CronosConfig) -> admm.AdmmState:
     """The starting state of a path point: the previous point's state (zero for the first)
@@ -146,7 +151,7 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     for beta in betas:
         start = time.perf_counter()
         point_config = dataclasses.replace(config, beta=float(beta), tol=screen_tol)
-        point_problem = problem._replace(beta=jnp.asarray(beta, problem.dtype) / problem.scale)
+        point_problem = _at(problem, beta)
         state = admm.iterate(point_problem, precond, _restart(state, point_problem, point_config),
                              point_config)
         jax.block_until_ready(state)
@@ -157,12 +162,13 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
         points.append(PathPoint(float(beta), solution, score(solution.params, fit_x, fit_y, config.task),
                                 score(solution.params, x_val, y_val, config.task), active))
         if chosen is None or better(points[-1].val_metric, points[chosen[0]].val_metric):
-            chosen = (len(points) - 1, point_problem, state, seconds)
+            chosen = (len(points) - 1, state, seconds)
         if callback is not None:
             callback(points[-1])
 
-    best_index, best_problem, best_state, seconds = chosen
+    best_index, best_state, seconds = chosen
     best_config = dataclasses.replace(config, beta=points[best_index].beta)
+    best_problem = _at(problem, best_config.beta)
     if refit:
         best = admm.solve(x, y, best_config, key=key, gates=gates, mesh=mesh,
                           init=points[best_index].solution.params)
