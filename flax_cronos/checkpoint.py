@@ -67,7 +67,8 @@ class RunCheckpoints:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def restore(self, like, step: Optional[int] = None) -> Optional[Restored]:
-        """Checkpoint ``step`` (default: the newest readable one) with the structure of ``like``.
+        """Checkpoint ``step`` (default: the newest readable one) with the structure of ``like``,
+        its arrays placed as ``like``'s are (so a run saved on 8 devices restores onto 2 or one).
 
         Without ``step``, a checkpoint that cannot be read (truncated, corrupted, of another
         structure) is reported with a warning and moved to ``corrupt/``, and the one before it

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("recipe", type=Path, help="recipes/NAME.py (defines get_config())")
     train.add_argument("--workdir", required=True, type=Path, help="run directory")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--devices", type=int, default=None,
+                       help="data parallel over N local devices (0: all); default one device; "
+                            "a run resumes on any number")
 
     pretrain = commands.add_parser(
         "pretrain-lm", help="pretrain a GPT-2 language model (recipes/gpt2_lm_imdb.py) and save "
@@ -138,7 +141,7 @@ def run_train(args, overrides: dict) -> int:
 
     config = experiment.load_recipe(args.recipe, overrides)
     result = experiment.train(config, args.workdir, progress=not args.quiet,
-                              on_round=None if args.quiet else _print_round)
+                              on_round=None if args.quiet else _print_round, devices=args.devices)
     last = result.history[-1] if result.history else {}
     print(f"round {last.get('round')}: val_accuracy={last.get('val_accuracy', float('nan')):.4f} "
           f"train_accuracy={last.get('train_accuracy', float('nan')):.4f} "

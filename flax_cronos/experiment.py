@@ -199,9 +199,10 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
     return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
-def make_trainer(config: ml_collections.ConfigDict, x_train=None) -> AlternatingTrainer:
+def make_trainer(config: ml_collections.ConfigDict, x_train=None, mesh=None) -> AlternatingTrainer:
     """The AlternatingTrainer a recipe describes (checks every setting); ``x_train``: the
-    training inputs, for image backbones' normalisation statistics."""
+    training inputs, for image backbones' normalisation statistics; ``mesh``: the devices to run
+    data parallel over (``cronos.row_mesh``; None: the default device)."""
     settings = config.trainer.to_dict()
     optimizer = make_optimizer(settings.pop("optimizer"), settings.pop("learning_rate"))
     augment = None
@@ -212,7 +213,7 @@ def make_trainer(config: ml_collections.ConfigDict, x_train=None) -> Alternating
     return AlternatingTrainer(backbone,
                               _dataclass(cronos.CronosConfig, config.cronos.to_dict(), "cronos"),
                               _dataclass(AlternatingConfig, settings, "trainer"), optimizer,
-                              backbone_params, augment)
+                              backbone_params, augment, mesh)
 
 
 def _dataclass(cls, values: dict, section: str):
@@ -224,10 +225,13 @@ def _dataclass(cls, values: dict, section: str):
 
 
 def train(config: ml_collections.ConfigDict, workdir: Path, progress: bool = True,
-          on_round=None):
-    """Runs (or resumes) a recipe in ``workdir``; returns the ``TrainResult``."""
+          on_round=None, devices=None):
+    """Runs (or resumes) a recipe in ``workdir``; returns the ``TrainResult``. ``devices``: run
+    data parallel over that many local devices (0: all of them; None: the default device); a
+    run may resume on another number."""
     train_data, val_data = load_data(config.data)
-    trainer = make_trainer(config, train_data[0])
+    mesh = None if devices is None else cronos.row_mesh(devices)
+    trainer = make_trainer(config, train_data[0], mesh)
     return trainer.fit(train_data, val_data, workdir=workdir, run_config=config.to_dict(),
                        progress=progress, on_round=on_round)
 

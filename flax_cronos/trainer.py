@@ -15,6 +15,11 @@ of ``cronos.problem.encode_targets``, or cross-entropy.
 Determinism and resume: the minibatch of global step s is a slice of the permutation of epoch
 ⌊s / (n / B)⌋ seeded by (seed, epoch), and each solve's key is ``fold_in(key, round)``, so a
 run resumed from checkpoint r replays exactly what the uninterrupted run did after it.
+
+Several devices: with a one-axis ``mesh`` (``cronos.row_mesh``) every device call is data
+parallel (``parallel.DataParallel``: parameters replicated, minibatches and feature batches
+split by rows, gradients all-reduced) and the solves shard the features' rows over the same
+mesh. Checkpoints hold the arrays, not their placement: a run resumes on any device count.
 """
 
 import dataclasses
@@ -27,6 +32,7 @@ import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -35,6 +41,7 @@ from flax_cronos import cronos
 from flax_cronos.checkpoint import RunCheckpoints, check_run_config
 from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.head import ConvexHead, head_params
+from flax_cronos.parallel import DataParallel
 from flax_cronos.run_log import RunLog
 from flax_cronos.training import (LOSSES, Augment, accuracy, apply_in_batches, augment_key,
                                   batch_indices, compiled, describe, loss_value, no_augmentation,
@@ -157,14 +164,21 @@ class AlternatingTrainer:
         augment: ``augment(key, inputs) → inputs`` applied (jitted) to each minibatch of the
             backbone steps, e.g. ``data.images.augment``; never to the features of a solve.
             Its key is ``training.augment_key(seed, step)``, so resumed runs replay it.
+        mesh: a one-axis mesh of this process's devices (``cronos.row_mesh``) to run data
+            parallel over; ``batch_size`` and ``feature_batch_size`` must be multiples of its
+            size. None: the default device.
     """
 
     def __init__(self, backbone: nn.Module, cronos_config: cronos.CronosConfig = cronos.CronosConfig(),
                  config: AlternatingConfig = AlternatingConfig(),
                  optimizer: Optional[optax.GradientTransformation] = None,
-                 backbone_params: Optional[dict] = None, augment: Optional[Augment] = None):
+                 backbone_params: Optional[dict] = None, augment: Optional[Augment] = None,
+                 mesh: Optional[Mesh] = None):
         cronos_config.check()
         config.check()
+        self.parallel = DataParallel(mesh)
+        self.parallel.check_batch(config.batch_size, "batch_size")
+        self.parallel.check_batch(config.feature_batch_size, "feature_batch_size")
         self.backbone = backbone
         self.cronos_config = cronos_config
         self.config = config
@@ -261,7 +275,7 @@ class AlternatingTrainer:
         state = {"params": params, "opt_state": optimizer.init(params),
                  "rng": jax.random.key_data(jax.random.key(c.seed)),
                  "round": jnp.asarray(-1), "step": jnp.asarray(0)}
-        return network, optimizer, state
+        return network, optimizer, self.parallel.replicate(state)
 
     def _initial_params(self, network: Network, sample, key: jax.Array) -> dict:
         """Fresh parameters. With given backbone parameters only the head is initialised: the
@@ -298,10 +312,17 @@ class AlternatingTrainer:
     def _compiled_train_step(self, network: Network, optimizer: optax.GradientTransformation,
                              state: dict, inputs, targets: np.ndarray):
         """One Optax step, compiled before any clock starts (round times exclude compilation)."""
-        batch = slice(0, self.config.batch_size)
         loss = supervised_loss(network, self.config.loss, self.augment)
         return compiled(optax_step(loss, optimizer), state["params"], state["opt_state"],
-                        take(inputs, batch), targets[batch], augment_key(self.config.seed, 0))
+                        *self._minibatch(inputs, targets, 0),
+                        **self.parallel.replicated_outputs())
+
+    def _minibatch(self, inputs, targets: np.ndarray, step: int) -> tuple:
+        """(inputs, targets, augmentation key) of global step ``step``, placed for the step."""
+        c = self.config
+        index = batch_indices(step, len(targets), c.batch_size, c.seed)
+        return (*self.parallel.split_rows((take(inputs, index), targets[index])),
+                self.parallel.replicate(augment_key(c.seed, step)))
 
     def _backbone_phase(self, state: dict, train_step, inputs, targets: np.ndarray, round_: int,
                         progress: bool):
@@ -311,13 +332,11 @@ class AlternatingTrainer:
         c = self.config
         params, opt_state = state["params"], state["opt_state"]
         first = int(state["step"])
-        n = len(targets)
         losses = []
         for step in tqdm(range(first, first + c.steps_per_round), desc=f"round {round_} backbone",
                          unit="step", leave=False, disable=not progress):
-            index = batch_indices(step, n, c.batch_size, c.seed)
-            params, opt_state, loss = train_step(params, opt_state, take(inputs, index),
-                                                 targets[index], augment_key(c.seed, step))
+            params, opt_state, loss = train_step(params, opt_state,
+                                                 *self._minibatch(inputs, targets, step))
             losses.append(loss)
         loss = float(np.mean(jax.device_get(losses)))
         return {**state, "params": params, "opt_state": opt_state,
@@ -333,15 +352,18 @@ class AlternatingTrainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), round_)
         config = dataclasses.replace(self.cronos_config, beta=beta)
         if self.config.auto_beta and round_ == 0:
-            path = cronos.solve_path(features, labels, config, key=key, gates=previous.gates)
+            path = cronos.solve_path(features, labels, config, key=key, gates=previous.gates,
+                                     mesh=self.parallel.mesh)
             solution, config = path.best, dataclasses.replace(config, beta=path.points[path.best_index].beta)
         else:
             init = previous if self.config.warm_start and round_ > 0 else None
             with tqdm(total=config.max_iters, desc=f"round {round_} CRONOS", unit="it",
                       leave=False, disable=not progress) as bar:
                 solution = cronos.solve(features, labels, config, key=key, gates=previous.gates,
-                                        init=init, callback=lambda s: bar.update(int(s.iteration) - bar.n))
-        weights = {k: jnp.asarray(v, head.param_dtype) for k, v in head_params(solution.params).items()}
+                                        init=init, mesh=self.parallel.mesh,
+                                        callback=lambda s: bar.update(int(s.iteration) - bar.n))
+        weights = self.parallel.replicate(
+            {k: jnp.asarray(v, head.param_dtype) for k, v in head_params(solution.params).items()})
         state = {**state, "params": {**params, "head": weights}, "round": jnp.asarray(round_)}
         train_metric = cronos.score(solution.params, features, labels, config.task)
         return state, solution, float(config.beta), train_metric
@@ -349,13 +371,14 @@ class AlternatingTrainer:
     def features(self, network: Network, params: dict, inputs, progress: bool = False) -> np.ndarray:
         """Backbone features [n, d] of ``inputs``, in batches of ``feature_batch_size``."""
         return apply_in_batches(network, params, inputs, self.config.feature_batch_size,
-                                "features", progress, method=Network.features)
+                                "features", progress, method=Network.features,
+                                parallel=self.parallel)
 
     def evaluate(self, network: Network, params: dict, inputs, labels: np.ndarray,
                  targets: np.ndarray, progress: bool = False) -> dict:
         """Validation accuracy and loss of the network."""
         outputs = apply_in_batches(network, params, inputs, self.config.feature_batch_size,
-                                   "evaluate", progress)
+                                   "evaluate", progress, parallel=self.parallel)
         record = {"val_loss": float(loss_value(outputs, targets.astype(outputs.dtype), self.config.loss))}
         if self.cronos_config.task == "classification":
             record["val_accuracy"] = accuracy(outputs, labels)

@@ -18,6 +18,7 @@ import optax
 from tqdm.auto import tqdm
 
 from flax_cronos.cronos import classify
+from flax_cronos.parallel import DataParallel
 
 LOSSES = ("mse", "cross_entropy")
 
@@ -46,10 +47,12 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def map_batches(fn: Callable, inputs, batch_size: int, desc: str, progress: bool) -> np.ndarray:
+def map_batches(fn: Callable, inputs, batch_size: int, desc: str, progress: bool,
+                parallel: DataParallel = DataParallel()) -> np.ndarray:
     """``fn`` over fixed-size batches (the last one padded), gathered on the host.
 
-    Only one batch of inputs is on the device at a time; ``fn`` compiles once.
+    Only one batch of inputs is on the device(s) at a time, split by rows over ``parallel``'s
+    mesh when it has one; ``fn`` compiles once.
     """
     n = num_rows(inputs)
     outputs = []
@@ -60,7 +63,7 @@ def map_batches(fn: Callable, inputs, batch_size: int, desc: str, progress: bool
         if rows < batch_size:
             batch = jax.tree.map(lambda a: np.concatenate(
                 [a, np.repeat(a[-1:], batch_size - rows, axis=0)]), batch)
-        outputs.append(np.asarray(fn(batch))[:rows])
+        outputs.append(np.asarray(fn(parallel.split_rows(batch)))[:rows])
     return np.concatenate(outputs)
 
 
@@ -70,14 +73,16 @@ def _apply(model, params: dict, batch, method=None):
 
 
 def apply_in_batches(model, params: dict, inputs, batch_size: int, desc: str = "apply",
-                     progress: bool = False, method=None) -> np.ndarray:
-    """``model.apply`` over ``inputs`` in batches of ``batch_size``, gathered on the host.
+                     progress: bool = False, method=None,
+                     parallel: DataParallel = DataParallel()) -> np.ndarray:
+    """``model.apply`` over ``inputs`` in batches of ``batch_size``, gathered on the host (data
+    parallel over ``parallel``'s mesh, where ``params`` are then replicated).
 
     Compiled once per model, method and batch shape: Linen modules compare by their
     attributes, so the compilation outlives one call (and one ``fit``).
     """
     return map_batches(functools.partial(_apply, model, params, method=method), inputs,
-                       batch_size, desc, progress)
+                       batch_size, desc, progress, parallel)
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
@@ -97,10 +102,10 @@ def optax_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Ca
     return step
 
 
-def compiled(fn: Callable, *example_args):
-    """``jax.jit(fn)`` compiled ahead of time for the shapes of ``example_args``, so that the
-    clocks around its calls never include compilation."""
-    return jax.jit(fn).lower(*example_args).compile()
+def compiled(fn: Callable, *example_args, **jit_options):
+    """``jax.jit(fn, **jit_options)`` compiled ahead of time for the shapes (and shardings) of
+    ``example_args``, so that the clocks around its calls never include compilation."""
+    return jax.jit(fn, **jit_options).lower(*example_args).compile()
 
 
 def trainable_labels(params: dict, pattern: str) -> dict:

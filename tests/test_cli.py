@@ -165,10 +165,12 @@ def imagenet_folder(tmp_path_factory):
 
 def test_cnn_imagenet_recipe_trains_a_resnet_on_two_classes_of_an_imagenet_folder(
         tmp_path, imagenet_folder):
+    """Data parallel over two of the 8 host CPU devices (tests/conftest.py)."""
     from tests.image_tree import wnid
 
     workdir = tmp_path / "run"
     result = run_cli("train", "recipes/cnn_imagenet.py", "--workdir", workdir, "--quiet",
+                     "--devices", "2",
                      f"--config.data.path={imagenet_folder}",
                      f"--config.data.classes=('{wnid(2)}','{wnid(0)}')", "--config.data.size=32",
                      "--config.model.stem=cifar", "--config.model.width=8",
