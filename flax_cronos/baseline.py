@@ -15,10 +15,13 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jax.sharding import Mesh
+
 from flax_cronos.cronos.problem import encode_targets
-from flax_cronos.training import (Augment, accuracy, apply_in_batches, augment_key, batch_indices,
-                                  compiled, num_rows, optax_step, partitioned, supervised_loss,
-                                  take, trainable_labels)
+from flax_cronos.parallel import DataParallel
+from flax_cronos.training import (Augment, accuracy, apply_in_batches, compiled, minibatch,
+                                  num_rows, optax_step, partitioned, supervised_loss, take,
+                                  trainable_labels)
 
 
 def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
@@ -26,7 +29,8 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
                      batch_size: int, eval_every: int, loss: str = "mse", seed: int = 0,
                      eval_batch_size: int = 1024, progress: bool = False,
                      params: Optional[dict] = None, trainable: str = ".*",
-                     augment: Optional[Augment] = None) -> tuple[dict, list[dict]]:
+                     augment: Optional[Augment] = None,
+                     mesh: Optional[Mesh] = None) -> tuple[dict, list[dict]]:
     """Trains ``model`` (outputs [n, C]) for ``steps`` Optax steps, evaluating every ``eval_every``.
 
     Args:
@@ -35,6 +39,9 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
         trainable: regex on parameter paths selecting what the optimizer trains (e.g. the last
             stages of a pretrained backbone and the head); the rest stays fixed.
         augment: ``augment(key, inputs)`` applied to every minibatch, keyed as in CRONOS-AM.
+        mesh: run data parallel over this one-axis mesh, as CRONOS-AM does
+            (``parallel.DataParallel``); ``batch_size`` and ``eval_batch_size`` must be
+            multiples of its size.
 
     Returns:
         (the final parameters, the history): one record per evaluation, ``step``, ``seconds`` (training wall-clock so far),
@@ -44,19 +51,21 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
     n = num_rows(inputs)
     if n // batch_size == 0:
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training rows")
+    parallel = DataParallel(mesh)
+    parallel.check_batch(batch_size, "batch_size")
+    parallel.check_batch(eval_batch_size, "eval_batch_size")
     targets, _ = encode_targets(labels, "classification", n, "train labels")
     targets = targets.astype(np.float32)
     if params is None:
         params = model.init(jax.random.key(seed), take(inputs, slice(0, 1)))["params"]
     optimizer = partitioned(optimizer, trainable_labels(params, trainable))
-    opt_state = optimizer.init(params)
+    params, opt_state = parallel.replicate((params, optimizer.init(params)))
 
     def batch(step_index):
-        index = batch_indices(step_index, n, batch_size, seed)
-        return take(inputs, index), targets[index], augment_key(seed, step_index)
+        return minibatch(inputs, targets, step_index, batch_size, seed, parallel)
 
     step = compiled(optax_step(supervised_loss(model, loss, augment), optimizer), params,
-                    opt_state, *batch(0))
+                    opt_state, *batch(0), **parallel.replicated_outputs())
     history, seconds, losses = [], 0.0, []
     for index in tqdm(range(steps), desc="end-to-end", unit="step", disable=not progress):
         start = time.perf_counter()
@@ -65,7 +74,8 @@ def train_end_to_end(model: nn.Module, optimizer: optax.GradientTransformation,
         seconds += time.perf_counter() - start
         losses.append(value)
         if (index + 1) % eval_every == 0 or index + 1 == steps:
-            outputs = apply_in_batches(model, params, val[0], eval_batch_size)
+            outputs = apply_in_batches(model, params, val[0], eval_batch_size,
+                                       parallel=parallel)
             history.append({"step": index + 1, "seconds": seconds,
                             "train_loss": float(np.mean(jax.device_get(losses))),
                             "val_accuracy": accuracy(outputs, val[1])})

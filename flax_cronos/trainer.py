@@ -43,8 +43,8 @@ from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.head import ConvexHead, head_params
 from flax_cronos.parallel import DataParallel
 from flax_cronos.run_log import RunLog
-from flax_cronos.training import (LOSSES, Augment, accuracy, apply_in_batches, augment_key,
-                                  batch_indices, compiled, describe, loss_value, no_augmentation,
+from flax_cronos.training import (LOSSES, Augment, accuracy, apply_in_batches, compiled,
+                                  describe, loss_value, minibatch, no_augmentation,
                                   num_rows, optax_step, partitioned, supervised_loss, take,
                                   trainable_labels)
 
@@ -318,11 +318,8 @@ class AlternatingTrainer:
                         **self.parallel.replicated_outputs())
 
     def _minibatch(self, inputs, targets: np.ndarray, step: int) -> tuple:
-        """(inputs, targets, augmentation key) of global step ``step``, placed for the step."""
         c = self.config
-        index = batch_indices(step, len(targets), c.batch_size, c.seed)
-        return (*self.parallel.split_rows((take(inputs, index), targets[index])),
-                self.parallel.replicate(augment_key(c.seed, step)))
+        return minibatch(inputs, targets, step, c.batch_size, c.seed, self.parallel)
 
     def _backbone_phase(self, state: dict, train_step, inputs, targets: np.ndarray, round_: int,
                         progress: bool):

@@ -42,6 +42,15 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return order[position * batch_size:(position + 1) * batch_size]
 
 
+def minibatch(inputs, targets: np.ndarray, step: int, batch_size: int, seed: int,
+              parallel: DataParallel = DataParallel()) -> tuple:
+    """(inputs, targets, augmentation key) of global step ``step`` (``batch_indices`` and
+    ``augment_key``), the rows split over ``parallel``'s mesh when it has one."""
+    index = batch_indices(step, len(targets), batch_size, seed)
+    return (*parallel.split_rows((take(inputs, index), targets[index])),
+            parallel.replicate(augment_key(seed, step)))
+
+
 @functools.lru_cache(maxsize=2)
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)

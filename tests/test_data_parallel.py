@@ -1,16 +1,20 @@
-"""Data-parallel CRONOS-AM over 8 host CPU devices (tests/conftest.py asks XLA for them): the
-same run as on one device, and checkpoints that resume on another device count."""
+"""Data-parallel CRONOS-AM and end-to-end baseline over 8 host CPU devices (tests/conftest.py asks
+XLA for them): the same runs as on one device, and checkpoints that resume on another device
+count."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from flax_cronos import cronos
+from flax_cronos.baseline import train_end_to_end
 from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.models import MLP
 from flax_cronos.parallel import DataParallel
 from flax_cronos.trainer import AlternatingConfig, AlternatingTrainer
+from tests.test_baseline import Network
 from tests.test_trainer import leaves, small_data
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: XLA_FLAGS="
@@ -97,3 +101,17 @@ def test_a_run_checkpointed_on_8_devices_resumes_on_2_and_on_one(tmp_path, one_d
 def test_batches_that_do_not_split_over_the_devices_are_refused():
     with pytest.raises(ValueError, match="batch_size 30 must be a multiple of the 8 devices"):
         trainer(rounds=1, mesh=cronos.row_mesh(), batch_size=30)
+
+
+def test_data_parallel_baseline_equals_the_single_device_baseline():
+    (x, y), val = small_data()
+
+    def run(mesh):
+        return train_end_to_end(Network(), optax.adam(1e-2), (x, y), val, steps=20,
+                                batch_size=48, eval_every=10, mesh=mesh)
+
+    (params, history), (sharded, sharded_history) = run(None), run(cronos.row_mesh())
+    for name, value in leaves(params).items():
+        np.testing.assert_allclose(leaves(sharded)[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert [r["val_accuracy"] for r in sharded_history] == [r["val_accuracy"] for r in history]
+    assert all(len(leaf.devices()) == 8 for leaf in jax.tree.leaves(sharded))

@@ -162,17 +162,17 @@ RUN_SCRIPT = textwrap.dedent('''
     import json, os, signal, sys
     import jax
     import numpy as np
-    import flax_cronos.trainer as trainer_module
+    import flax_cronos.training as training_module
     from tests.test_trainer import leaves, small_data, trainer
 
     workdir, kill = sys.argv[1], sys.argv[2]
     if kill.startswith("step:"):                   # mid-round: at a backbone step
-        at, batch_indices = int(kill[5:]), trainer_module.batch_indices
+        at, batch_indices = int(kill[5:]), training_module.batch_indices
         def killing_batch_indices(step, *args):
             if step == at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return batch_indices(step, *args)
-        trainer_module.batch_indices = killing_batch_indices
+        training_module.batch_indices = killing_batch_indices
     elif kill.startswith("commit:"):               # mid-save: as checkpoint N is committed
         from orbax.checkpoint._src.path import atomicity
         at, finalize = kill[7:], atomicity.AtomicRenameTemporaryPath.finalize
