@@ -11,16 +11,17 @@ so a step equals the single-device step up to rounding (the sums are taken in an
 Without a mesh nothing is placed: arrays go to the default device as usual.
 """
 
-import dataclasses
 from typing import Optional
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flax_cronos.cronos.rows import auto_mesh
 
-@dataclasses.dataclass(frozen=True)
+
 class DataParallel:
-    """Where a network's arrays live: on the default device (``mesh`` None) or over ``mesh``.
+    """Where a network's arrays live: on the default device (``mesh`` None) or over ``mesh``
+    (taken in Auto mode, as the solves take it: ``rows.auto_mesh``).
 
     Raises:
         ValueError: when the mesh has more than one axis or spans several processes (whose
@@ -28,16 +29,11 @@ class DataParallel:
             trainer not yet).
     """
 
-    mesh: Optional[Mesh] = None
-
-    def __post_init__(self):
-        if self.mesh is None:
-            return
-        if len(self.mesh.axis_names) != 1:
-            raise ValueError(f"mesh must have one axis (over rows); got axes {self.mesh.axis_names}")
-        if self.mesh.is_multi_process:
+    def __init__(self, mesh: Optional[Mesh] = None):
+        if mesh is not None and mesh.is_multi_process:
             raise ValueError("mesh must hold this process's devices only (cronos.row_mesh); "
                              "CRONOS-AM does not spread batches over several processes")
+        self.mesh = None if mesh is None else auto_mesh(mesh)
 
     @property
     def devices(self) -> int:

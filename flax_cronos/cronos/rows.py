@@ -211,6 +211,10 @@ def row_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def pad_rows(array, rows: int):
     """``array`` [n, ...] with zero rows appended up to ``rows`` rows (a host array stays one)."""
     if rows == array.shape[0]:
@@ -222,8 +226,7 @@ def pad_rows(array, rows: int):
 def place_rows(array, mesh: Mesh) -> jax.Array:
     """Shards the rows of ``array`` [n, ...] over ``mesh``, first padding it with zero rows to a
     multiple of the device count. A host array goes to each device in its shard only."""
-    return jax.device_put(pad_rows(array, -(-array.shape[0] // mesh.size) * mesh.size),
-                          row_sharding(mesh))
+    return jax.device_put(pad_rows(array, _round_up(array.shape[0], mesh.size)), row_sharding(mesh))
 
 
 def holds_process_rows(x, mesh: Optional[Mesh]) -> bool:
@@ -254,7 +257,7 @@ def place_process_rows(arrays: Sequence[Any], mesh: Mesh) -> list[jax.Array]:
                          f"this process has {local} of its {mesh.size} "
                          f"({jax.process_count()} processes)")
     most = int(np.max(gather_processes(arrays[0].shape[0])))
-    rows = -(-most // local) * local
+    rows = _round_up(most, local)
     sharding = row_sharding(mesh)
     return [jax.make_array_from_process_local_data(
         sharding, pad_rows(np.asarray(a), rows), (rows * jax.process_count(),) + a.shape[1:])
