@@ -162,17 +162,19 @@ class Solution(NamedTuple):
 class AdmmState(NamedTuple):
     """ADMM iterates on the normalised program (a pytree).
 
-    u, v, lam: [H, d, P, C]; active, dual_active: warm starts of the cone projections in the
-    prox and in the duality gap (None for gated_relu); residuals and the duality gap are
-    relative (see module docstring); projections_complete is False when the last projections
-    ran out of active-set slots or iterations (v may then be infeasible).
+    u, v, lam: [H, d, P, C]; active: the prox's cone projections' active sets, their warm start
+    and the duality gap's (None for gated_relu): at a fixed point z = v + Fᵀθ/ρ, so both
+    project onto the same faces; gap_needs_room: the last gap's projections filled some
+    group's slots; residuals and the duality gap are relative (see module docstring);
+    projections_complete is False when the last projections ran out of active-set slots or
+    iterations (v may then be infeasible).
     """
 
     u: jax.Array
     v: jax.Array
     lam: jax.Array
     active: Optional[cone.ActiveSet]
-    dual_active: Optional[cone.ActiveSet]
+    gap_needs_room: jax.Array
     rho: jax.Array
     iteration: jax.Array
     pcg_iterations: jax.Array
@@ -336,10 +338,11 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
 
 
 def with_gap(problem: pb.Problem, state: AdmmState) -> AdmmState:
-    """The state with the duality gap of its iterate v (and the gap's updated warm start)."""
-    gap, dual_active = certificate.duality_gap(problem, state.v, state.dual_active,
-                                               _gap_projection_iters(state))
-    return state._replace(gap=gap, dual_active=dual_active)
+    """The state with the duality gap of its iterate v."""
+    gap, gap_active = certificate.duality_gap(problem, state.v, state.active,
+                                              _gap_projection_iters(state))
+    needs_room = jnp.asarray(False) if gap_active is None else cone.any_full(gap_active)
+    return state._replace(gap=gap, gap_needs_room=needs_room)
 
 
 _with_gap = jax.jit(with_gap)
@@ -397,7 +400,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
     if config.activation == "relu":
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = unknown_residual(dtype)
-    return AdmmState(u=weights, v=weights, lam=lam, active=active, dual_active=active,
+    return AdmmState(u=weights, v=weights, lam=lam, active=active, gap_needs_room=jnp.asarray(False),
                      gap=unknown, rho=rho,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
@@ -507,13 +510,13 @@ def iterate(problem: pb.Problem, precond: NystromApprox, state: AdmmState, confi
 
 def _slots_full(state: AdmmState) -> jax.Array:
     """Whether some group's active set (prox or duality gap) has used all its slots."""
-    return jnp.any(jnp.all(state.active.used, axis=1)) | jnp.any(jnp.all(state.dual_active.used, axis=1))
+    return cone.any_full(state.active) | state.gap_needs_room
 
 
 def _gap_projection_iters(state: AdmmState) -> int:
     """The gap's projections start far from their last active sets: let them run longer
     (an unfinished one still gives a valid, looser gap)."""
-    slots = 0 if state.dual_active is None else state.dual_active.used.shape[1]
+    slots = 0 if state.active is None else state.active.used.shape[1]
     return cone.cold_start_iterations(slots)
 
 
@@ -523,22 +526,21 @@ def active_set_limit(problem: pb.Problem) -> int:
 
 
 def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
-    """Doubles the active-set slots when a group has filled them (the solves cost O(k³))."""
+    """Doubles the active-set slots when a group has filled them (each Lawson–Hanson step costs O(k²) per group)."""
     if state.active is None:
         return state
     slots = state.active.used.shape[1]
     if not bool(_slots_full(state)) or slots >= active_set_limit(problem):
         return state
     grown = min(2 * slots, active_set_limit(problem))
-    return state._replace(active=cone.pad(state.active, grown),
-                          dual_active=cone.pad(state.dual_active, grown))
+    return state._replace(active=cone.pad(state.active, grown), gap_needs_room=jnp.asarray(False))
 
 
 def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: CronosConfig,
            seconds: float) -> Solution:
     """Maps the group-sparse iterate v back to the original scale, with its statistics."""
     loss, penalty, violation = (float(t) for t in certificate.objective_terms(problem, state.v))
-    gap = float(certificate.final_duality_gap(problem, state.v, state.dual_active,
+    gap = float(certificate.final_duality_gap(problem, state.v, state.active,
                                               _gap_projection_iters(state)))
     if not (bool(finite(state)) and np.isfinite(loss + penalty)):
         status = SolveStatus.NONFINITE

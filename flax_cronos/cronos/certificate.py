@@ -55,7 +55,8 @@ def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters:
 
 
 def duality_gap(problem: pb.Problem, v: jax.Array, dual_active, max_iters: int):
-    """Relative duality gap of a feasible v [H, d, P, C], and the updated warm start."""
+    """Relative duality gap of a feasible v [H, d, P, C], and its projections' active sets
+    (``dual_active``: their warm start, e.g. the prox's active sets)."""
     correlations, residual_sq, residual_y = pb.residual_terms(problem, v)     # θ₀ = Y − Fv
     worst, dual_active = _dual_norms(problem, correlations, dual_active, max_iters)
     scale = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, jnp.finfo(v.dtype).tiny))

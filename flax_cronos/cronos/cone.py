@@ -9,11 +9,15 @@ whose optimality conditions are μ ≥ 0, AΠ(z) ≥ 0, μ_j (AΠ(z))_j = 0. It 
 Lawson–Hanson active-set method: the active set W holds the constraints with μ_j > 0; each
 iteration either adds the most violated constraint (the most negative (AΠ)_j / ‖x_j‖) or, when
 the least-squares multipliers on W turn negative, steps back to the boundary of μ ≥ 0 and drops
-the constraints that reached zero. Only |W| ≤ d rows take part in a solve, so the cost per
-iteration is one product X V (to find violations) plus small batched Cholesky solves.
+the constraints that reached zero. Only |W| ≤ d rows take part in a solve, and the inverse H of
+their Gram matrix A_W A_Wᵀ changes by one row and column per iteration, so it is updated in
+O(|W|²) (bordering to add, a Schur complement to drop) instead of re-factorised in O(|W|³):
+the cost per iteration is one product X V (to find violations) plus a few batched
+matrix-vector products with H.
 
-Consecutive ADMM iterations project nearby points, so W is kept and reused (warm start): most
-projections then end after a few iterations.
+Consecutive ADMM iterations project nearby points, so W and H are kept and reused (warm start):
+most projections then end after a few iterations, and H is re-factorised only when rounding has
+made its multipliers inaccurate.
 
 The rows of X are reached only through ``rows.reduce_rows`` (the most violated constraint: a
 running argmin over row blocks) and ``rows.gather_rows`` (the active constraints' rows), so the
@@ -34,31 +38,43 @@ from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
 
 class ActiveSet(NamedTuple):
-    """Per group: the active constraints in ``k`` fixed-size slots, with their Gram matrix.
+    """Per group: the active constraints in ``k`` fixed-size slots, with their Gram matrix
+    and its inverse.
 
     Attributes:
         rows: [G, k] int32 row indices into X (meaningless where not ``used``).
         used: [G, k] bool.
         gram: [G, k, k] A_W A_Wᵀ of the rows in the slots, updated one row at a time (valid
             where both slots are used).
+        inverse: [G, k, k] H, the inverse of the regularised Gram matrix on the used slots
+            and the identity on the others (``_regularised_gram``), updated with it.
     """
 
     rows: jax.Array
     used: jax.Array
     gram: jax.Array
+    inverse: jax.Array
 
 
 def empty_active_set(groups: int, slots: int, dtype) -> ActiveSet:
+    eye = jnp.broadcast_to(jnp.eye(slots, dtype=dtype), (groups, slots, slots))
     return ActiveSet(jnp.zeros((groups, slots), jnp.int32), jnp.zeros((groups, slots), bool),
-                     jnp.zeros((groups, slots, slots), dtype))
+                     jnp.zeros((groups, slots, slots), dtype), eye)
 
 
 def pad(active: ActiveSet, slots: int) -> ActiveSet:
     """The same active sets with ``slots`` slots (more room)."""
     extra = slots - active.used.shape[1]
+    new_slots = jnp.diag(jnp.arange(slots) >= active.used.shape[1]).astype(active.inverse.dtype)
     return ActiveSet(jnp.pad(active.rows, ((0, 0), (0, extra))),
                      jnp.pad(active.used, ((0, 0), (0, extra))),
-                     jnp.pad(active.gram, ((0, 0), (0, extra), (0, extra))))
+                     jnp.pad(active.gram, ((0, 0), (0, extra), (0, extra))),
+                     jnp.pad(active.inverse, ((0, 0), (0, extra), (0, extra))) + new_slots)
+
+
+def any_full(active: ActiveSet) -> jax.Array:
+    """Whether some group has used all its slots."""
+    return jnp.any(jnp.all(active.used, axis=1))
 
 
 class Projection(NamedTuple):
@@ -67,12 +83,29 @@ class Projection(NamedTuple):
     active: the final active sets (warm start for the next call).
     iterations: Lawson–Hanson iterations run.
     complete: [G] bool, False where the iteration cap or the slot count was reached.
+    refactorisations: how often rounding made H inaccurate enough to re-factorise it.
     """
 
     point: jax.Array
     active: ActiveSet
     iterations: jax.Array
     complete: jax.Array
+    refactorisations: jax.Array
+
+
+class _Loop(NamedTuple):
+    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
+    multipliers μ [G, k], and per group whether it is done or out of room; ``stale``: the last
+    step found H inaccurate and changed nothing."""
+
+    iteration: jax.Array
+    active: ActiveSet
+    rows: jax.Array
+    mu: jax.Array
+    done: jax.Array
+    out_of_room: jax.Array
+    stale: jax.Array
+    refactorisations: jax.Array
 
 
 def _constraint_rows(problem: Problem, index: jax.Array, groups_pattern: jax.Array) -> jax.Array:
@@ -110,17 +143,92 @@ def _most_violated(problem: Problem, groups_pattern: jax.Array,
     return reduce_rows(problem, block, earlier_on_ties)
 
 
-def _multipliers(rows: jax.Array, gram: jax.Array, used: jax.Array, z: jax.Array) -> jax.Array:
-    """Least-squares multipliers on the active set: μ_W = −(A_W A_Wᵀ)⁻¹ A_W z, 0 elsewhere."""
-    scale = jnp.max(jnp.where(used, jnp.diagonal(gram, axis1=1, axis2=2), 0.0), axis=1)[:, None, None]
-    ridge = 10 * jnp.finfo(z.dtype).eps * jnp.maximum(scale, jnp.finfo(z.dtype).tiny)
+def _regularised_gram(gram: jax.Array, used: jax.Array) -> jax.Array:
+    """A_W A_Wᵀ (1 + 10 eps) on the used slots and the identity on the others: [G, k, k].
+
+    The relative ridge keeps the matrix positive definite when active rows are (nearly)
+    dependent, as on rank-deficient X."""
+    ridge = 1.0 + 10 * jnp.finfo(gram.dtype).eps
     both_used = used[:, :, None] & used[:, None, :]
-    eye = jnp.eye(used.shape[1], dtype=z.dtype)
-    gram = jnp.where(both_used, gram, 0.0) + eye * jnp.where(used[:, :, None], ridge, 1.0)
-    rhs = -jnp.einsum("gkd,gd->gk", rows, z)
-    factor = jnp.linalg.cholesky(gram)
-    mu = jax.scipy.linalg.cho_solve((factor, True), rhs[..., None])[..., 0]
-    return jnp.where(used, mu, 0.0)
+    eye = jnp.eye(used.shape[1], dtype=gram.dtype)
+    return jnp.where(both_used, gram * jnp.where(eye > 0, ridge, 1.0), 0.0) + eye * ~used[:, :, None]
+
+
+def _inverse(gram: jax.Array, used: jax.Array) -> jax.Array:
+    """The inverse of ``_regularised_gram`` by Cholesky: [G, k, k]."""
+    factor = jnp.linalg.cholesky(_regularised_gram(gram, used))
+    eye = jnp.broadcast_to(jnp.eye(used.shape[1], dtype=gram.dtype), gram.shape)
+    return jax.scipy.linalg.cho_solve((factor, True), eye)
+
+
+def _with_row(inverse: jax.Array, products: jax.Array, used: jax.Array,
+              added: jax.Array) -> jax.Array:
+    """The inverse after adding the row whose Gram column is ``products`` [G, k] in the free
+    slot s marked by ``added`` [G, k] (no slot where a group adds nothing), by bordering:
+    with h = H b (b the products with the used slots) and the Schur complement
+    σ = c(1 + 10 eps) − bᵀh (c = the row's squared norm),
+
+        H' = H − e_s e_sᵀ + (e_s − h)(e_s − h)ᵀ / σ.
+    """
+    ridge = 1.0 + 10 * jnp.finfo(inverse.dtype).eps
+    b = jnp.where(used, products, 0.0)
+    h = jnp.einsum("gij,gj->gi", inverse, b)
+    c = jnp.sum(jnp.where(added, products, 0.0), axis=1) * ridge
+    schur = jnp.maximum(c - jnp.sum(b * h, axis=1), (ridge - 1.0) * c)
+    e = added.astype(inverse.dtype)
+    g = e - h
+    update = g[:, :, None] * g[:, None, :] / jnp.where(schur > 0, schur, 1.0)[:, None, None]
+    grown = inverse - e[:, :, None] * e[:, None, :] + update
+    return jnp.where(jnp.any(added, axis=1)[:, None, None], grown, inverse)
+
+
+def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
+    """The inverse after dropping the slots marked in ``dropped`` [G, k], one at a time by the
+    Schur complement: dropping s with q = H e_s,
+
+        H' = H − q qᵀ / q_s  on the other slots,   H' e_s = e_s.
+    """
+    slots = jnp.arange(dropped.shape[1])
+    eye = jnp.eye(dropped.shape[1], dtype=inverse.dtype)
+
+    def drop_first(carry):
+        inverse, pending = carry
+        first = jnp.argmax(pending, axis=1)
+        drop = jnp.any(pending, axis=1)
+        e = (slots[None] == first[:, None]) & drop[:, None]
+        q = jnp.take_along_axis(inverse, first[:, None, None], axis=2)[..., 0]
+        pivot = jnp.take_along_axis(q, first[:, None], axis=1)
+        q = jnp.where(drop[:, None], q, 0.0)
+        inverse = inverse - q[:, :, None] * q[:, None, :] / pivot[:, :, None]
+        # row and column s become exactly e_s, so no rounding couples s to the used slots
+        inverse = jnp.where(e[:, :, None] | e[:, None, :], eye * e[:, :, None], inverse)
+        return inverse, pending & ~e
+
+    inverse, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1]), drop_first, (inverse, dropped))
+    return inverse
+
+
+def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
+                 tol) -> tuple[jax.Array, jax.Array]:
+    """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere:
+    μ = H r with r = −A_W z, then one step of iterative refinement μ += H (r − (A_W A_Wᵀ) μ)
+    to undo the rounding the updates of H accumulate.
+
+    Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
+    slack it leaves on the active rows, is within the projection tolerance
+    tol ‖x_j‖ ‖z‖ on each of them)."""
+    gram, inverse, used = active.gram, active.inverse, active.used
+    ridge = 10 * jnp.finfo(z.dtype).eps * jnp.diagonal(gram, axis1=1, axis2=2)
+
+    def residual(mu):
+        return rhs - jnp.where(used, jnp.einsum("gij,gj->gi", gram, mu) + ridge * mu, 0.0)
+
+    rhs = jnp.where(used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
+    mu = jnp.einsum("gij,gj->gi", inverse, rhs)          # zero on the unused slots
+    mu = mu + jnp.einsum("gij,gj->gi", inverse, residual(mu))
+    bound = tol * jnp.sqrt(jnp.diagonal(gram, axis1=1, axis2=2)) * jnp.linalg.norm(z, axis=1)[:, None]
+    accurate = jnp.all((jnp.abs(residual(mu)) <= bound) | ~used)
+    return jnp.where(used, mu, 0.0), accurate
 
 
 def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Array,
@@ -143,27 +251,36 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
 
 def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, active: ActiveSet,
                  tol, max_iters: int) -> Projection:
-    """``project`` onto the cones of the rows of ``problem`` (in memory, sharded or streamed)."""
-    slots = active.used.shape[1]
-    mu0 = jnp.zeros(active.used.shape, z.dtype)
+    """``project`` onto the cones of the rows of ``problem`` (in memory, sharded or streamed).
+
+    The loop carries the active rows A_W [G, k, d] and the inverse H of their Gram matrix: a row
+    enters with one bordering update and leaves with one Schur complement, both O(k²). Rounding
+    accumulates in H, badly so when the active rows are nearly dependent; every step checks
+    the slack its multipliers leave on the active rows, and when that exceeds the tolerance H is
+    re-factorised (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as
+    accurate as it gets)."""
+    groups, slots = active.used.shape
+    group_index = jnp.arange(groups)
     z_norm = jnp.linalg.norm(z, axis=1)
 
-    def body(carry):
-        i, active, mu, done, _ = carry
-        rows = _active_rows(problem, groups_pattern, active)
-        target = _multipliers(rows, active.gram, active.used, z)
+    def step(loop: _Loop, check_accuracy: bool) -> _Loop:
+        active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
+        target, accurate = _multipliers(rows, active, z, tol)
+        stale = ~accurate if check_accuracy else jnp.asarray(False)
+        frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
         # Lawson–Hanson step back: move from μ towards the LS multipliers until one reaches 0.
         blocking = active.used & (target <= 0)
         ratio = jnp.where(blocking, mu / jnp.where(blocking, mu - target, 1.0), jnp.inf)
         alpha = jnp.where(feasible, 1.0, jnp.clip(jnp.min(ratio, axis=1), 0.0, 1.0))
-        new_mu = mu + alpha[:, None] * (target - mu)
         # A warm start begins at μ = 0: drop every non-positive multiplier at once.
         cold_multipliers = ~jnp.any(mu > 0, axis=1, keepdims=True)
         reached_zero = jnp.where(cold_multipliers, blocking, blocking & (ratio <= alpha[:, None]))
-        drop = ~feasible[:, None] & reached_zero
+        drop = ~feasible[:, None] & reached_zero & ~frozen[:, None]
         used = active.used & ~drop
-        new_mu = jnp.where(used, new_mu, 0.0)
+        inverse = _without_rows(active.inverse, drop)
+        new_mu = jnp.where(used, mu + alpha[:, None] * (target - mu), 0.0)
+        new_mu = jnp.where(frozen[:, None], mu, new_mu)
 
         point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
         worst, worst_slack = _most_violated(problem, groups_pattern, point)
@@ -171,35 +288,49 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
         free_slot = jnp.argmin(used, axis=1)
         has_room = ~jnp.all(used, axis=1)
-        add = feasible & violated & ~already & has_room & ~done
+        add = feasible & violated & ~already & has_room & ~frozen
         slot_hit = (jnp.arange(slots)[None] == free_slot[:, None]) & add[:, None]
-        rows_idx = jnp.where(slot_hit, worst[:, None], active.rows)
         # the new row's inner products with the slots' rows fill its row and column of the Gram
         new_row = _constraint_rows(problem, worst, groups_pattern)
         products = jnp.einsum("gkd,gd->gk", rows, new_row)
         products = jnp.where(slot_hit, jnp.sum(new_row**2, axis=1)[:, None], products)
-        gram = jnp.where(slot_hit[:, :, None], products[:, None, :], active.gram)
-        gram = jnp.where(slot_hit[:, None, :], products[:, :, None], gram)
-        used = used | slot_hit
-        finished = done | (feasible & ~add)
-        keep = done[:, None]
-        new_active = ActiveSet(jnp.where(keep, active.rows, rows_idx), jnp.where(keep, active.used, used),
-                               jnp.where(keep[..., None], active.gram, gram))
-        new_mu = jnp.where(keep, mu, new_mu)
+        inverse = _with_row(inverse, products, used, slot_hit)
+        products = jnp.where(add[:, None], products, active.gram[group_index, free_slot])
+        gram = active.gram.at[group_index, free_slot].set(products)
+        gram = gram.at[group_index, :, free_slot].set(products)
+        rows = rows.at[group_index, free_slot].set(
+            jnp.where(add[:, None], new_row, rows[group_index, free_slot]))
+        active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit, gram,
+                           inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        return i + 1, new_active, new_mu, finished, out_of_room
+        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, mu=new_mu,
+                             done=jnp.where(stale, done, done | (feasible & ~add)),
+                             out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
+                             stale=stale)
 
-    def cond(carry):
-        i, _, _, done, _ = carry
-        return (i < max_iters) & ~jnp.all(done)
+    def running(loop: _Loop) -> jax.Array:
+        return (loop.iteration < max_iters) & ~jnp.all(loop.done)
 
-    groups = z.shape[0]
-    init = (jnp.asarray(0), active, mu0, jnp.zeros(groups, bool), jnp.zeros(groups, bool))
-    iterations, active, mu, done, out_of_room = jax.lax.while_loop(cond, body, init)
-    rows = _active_rows(problem, groups_pattern, active)
-    point = z + jnp.einsum("gk,gkd->gd", mu, rows)
-    return Projection(point, active, iterations, done & ~out_of_room)
+    def refactorised_step(loop: _Loop) -> _Loop:
+        active = loop.active._replace(inverse=_inverse(loop.active.gram, loop.active.used))
+        loop = loop._replace(active=active, refactorisations=loop.refactorisations + 1)
+        return step(loop, check_accuracy=False)
+
+    def until_stale(loop: _Loop) -> _Loop:
+        loop = jax.lax.cond(loop.stale, refactorised_step, lambda loop: loop, loop)
+        return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale,
+                                  lambda loop: step(loop, check_accuracy=True), loop)
+
+    no_groups = jnp.zeros(groups, bool)
+    loop = _Loop(iteration=jnp.asarray(0), active=active,
+                 rows=_constraint_rows(problem, active.rows, groups_pattern),
+                 mu=jnp.zeros((groups, slots), z.dtype), done=no_groups, out_of_room=no_groups,
+                 stale=jnp.asarray(False), refactorisations=jnp.asarray(0))
+    loop = jax.lax.while_loop(running, until_stale, loop)
+    point = z + jnp.einsum("gk,gkd->gd", loop.mu, loop.rows)
+    return Projection(point, loop.active, loop.iteration, loop.done & ~loop.out_of_room,
+                      loop.refactorisations)
 
 
 # ----------------------------------------------------------------------------- groups of the program
