@@ -96,7 +96,8 @@ class Projection(NamedTuple):
 class _Loop(NamedTuple):
     """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
     multipliers μ [G, k], and per group whether it is done or out of room; ``stale``: the last
-    step found H inaccurate and changed nothing."""
+    step found H inaccurate and changed nothing; ``trusted``: H was just re-factorised, so the
+    next step takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
@@ -105,6 +106,7 @@ class _Loop(NamedTuple):
     done: jax.Array
     out_of_room: jax.Array
     stale: jax.Array
+    trusted: jax.Array
     refactorisations: jax.Array
 
 
@@ -263,10 +265,10 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
     group_index = jnp.arange(groups)
     z_norm = jnp.linalg.norm(z, axis=1)
 
-    def step(loop: _Loop, check_accuracy: bool) -> _Loop:
+    def step(loop: _Loop) -> _Loop:
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
         target, accurate = _multipliers(rows, active, z, tol)
-        stale = ~accurate if check_accuracy else jnp.asarray(False)
+        stale = ~accurate & ~loop.trusted
         frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
         # Lawson–Hanson step back: move from μ towards the LS multipliers until one reaches 0.
@@ -307,26 +309,26 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, mu=new_mu,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
-                             stale=stale)
+                             stale=stale, trusted=jnp.asarray(False))
 
     def running(loop: _Loop) -> jax.Array:
         return (loop.iteration < max_iters) & ~jnp.all(loop.done)
 
-    def refactorised_step(loop: _Loop) -> _Loop:
+    def refactorised(loop: _Loop) -> _Loop:
         active = loop.active._replace(inverse=_inverse(loop.active.gram, loop.active.used))
-        loop = loop._replace(active=active, refactorisations=loop.refactorisations + 1)
-        return step(loop, check_accuracy=False)
+        return loop._replace(active=active, stale=jnp.asarray(False), trusted=jnp.asarray(True),
+                             refactorisations=loop.refactorisations + 1)
 
     def until_stale(loop: _Loop) -> _Loop:
-        loop = jax.lax.cond(loop.stale, refactorised_step, lambda loop: loop, loop)
-        return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale,
-                                  lambda loop: step(loop, check_accuracy=True), loop)
+        loop = jax.lax.cond(loop.stale, refactorised, lambda loop: loop, loop)
+        return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale, step, loop)
 
     no_groups = jnp.zeros(groups, bool)
     loop = _Loop(iteration=jnp.asarray(0), active=active,
                  rows=_constraint_rows(problem, active.rows, groups_pattern),
                  mu=jnp.zeros((groups, slots), z.dtype), done=no_groups, out_of_room=no_groups,
-                 stale=jnp.asarray(False), refactorisations=jnp.asarray(0))
+                 stale=jnp.asarray(False), trusted=jnp.asarray(False),
+                 refactorisations=jnp.asarray(0))
     loop = jax.lax.while_loop(running, until_stale, loop)
     point = z + jnp.einsum("gk,gkd->gd", loop.mu, loop.rows)
     return Projection(point, loop.active, loop.iteration, loop.done & ~loop.out_of_room,
