@@ -117,12 +117,6 @@ def _constraint_rows(problem: Problem, index: jax.Array, groups_pattern: jax.Arr
     return x * (2.0 * jnp.take_along_axis(masks, pattern, axis=-1) - 1.0)
 
 
-def _active_rows(problem: Problem, groups_pattern: jax.Array, active: ActiveSet) -> jax.Array:
-    """[G, k, d] the rows e_j x_j of the active constraints (zeros in unused slots)."""
-    rows = _constraint_rows(problem, active.rows, groups_pattern)
-    return jnp.where(active.used[..., None], rows, 0.0)
-
-
 def _most_violated(problem: Problem, groups_pattern: jax.Array,
                    point: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per group, the constraint with the smallest slack e_j x_j·v_g / ‖x_j‖ (the first one on
