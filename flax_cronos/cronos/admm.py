@@ -514,8 +514,9 @@ def _slots_full(state: AdmmState) -> jax.Array:
 
 
 def _gap_projection_iters(state: AdmmState) -> int:
-    """The gap's projections start far from their last active sets: let them run longer
-    (an unfinished one still gives a valid, looser gap)."""
+    """The gap's projections start from the prox's active sets, which can be far from their own
+    before ADMM settles: let them run longer (an unfinished one still gives a valid, looser
+    gap)."""
     slots = 0 if state.active is None else state.active.used.shape[1]
     return cone.cold_start_iterations(slots)
 
@@ -526,7 +527,8 @@ def active_set_limit(problem: pb.Problem) -> int:
 
 
 def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
-    """Doubles the active-set slots when a group has filled them (each Lawson–Hanson step costs O(k²) per group)."""
+    """Doubles the active-set slots when a group has filled them (a Lawson–Hanson step costs
+    O(k²) per group, so slots are not given before they are needed)."""
     if state.active is None:
         return state
     slots = state.active.used.shape[1]

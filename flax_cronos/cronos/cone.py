@@ -139,15 +139,20 @@ def _most_violated(problem: Problem, groups_pattern: jax.Array,
     return reduce_rows(problem, block, earlier_on_ties)
 
 
-def _regularised_gram(gram: jax.Array, used: jax.Array) -> jax.Array:
-    """A_W A_Wᵀ (1 + 10 eps) on the used slots and the identity on the others: [G, k, k].
+def _ridge(dtype) -> float:
+    """The regularised Gram matrix is A_W A_Wᵀ with its diagonal scaled by 1 + ``_ridge``: the
+    relative ridge keeps it positive definite when active rows are (nearly) dependent, as on
+    rank-deficient X."""
+    return 10 * float(jnp.finfo(dtype).eps)
 
-    The relative ridge keeps the matrix positive definite when active rows are (nearly)
-    dependent, as on rank-deficient X."""
-    ridge = 1.0 + 10 * jnp.finfo(gram.dtype).eps
+
+def _regularised_gram(gram: jax.Array, used: jax.Array) -> jax.Array:
+    """A_W A_Wᵀ (diagonal × (1 + ``_ridge``)) on the used slots, the identity on the others:
+    [G, k, k]."""
     both_used = used[:, :, None] & used[:, None, :]
     eye = jnp.eye(used.shape[1], dtype=gram.dtype)
-    return jnp.where(both_used, gram * jnp.where(eye > 0, ridge, 1.0), 0.0) + eye * ~used[:, :, None]
+    regularised = gram * (1.0 + _ridge(gram.dtype) * eye)
+    return jnp.where(both_used, regularised, 0.0) + eye * ~used[:, :, None]
 
 
 def _inverse(gram: jax.Array, used: jax.Array) -> jax.Array:
@@ -162,15 +167,15 @@ def _with_row(inverse: jax.Array, products: jax.Array, used: jax.Array,
     """The inverse after adding the row whose Gram column is ``products`` [G, k] in the free
     slot s marked by ``added`` [G, k] (no slot where a group adds nothing), by bordering:
     with h = H b (b the products with the used slots) and the Schur complement
-    σ = c(1 + 10 eps) − bᵀh (c = the row's squared norm),
+    σ = c(1 + ridge) − bᵀh (c = the row's squared norm; σ ≥ ridge · c),
 
         H' = H − e_s e_sᵀ + (e_s − h)(e_s − h)ᵀ / σ.
     """
-    ridge = 1.0 + 10 * jnp.finfo(inverse.dtype).eps
+    ridge = _ridge(inverse.dtype)
     b = jnp.where(used, products, 0.0)
     h = jnp.einsum("gij,gj->gi", inverse, b)
-    c = jnp.sum(jnp.where(added, products, 0.0), axis=1) * ridge
-    schur = jnp.maximum(c - jnp.sum(b * h, axis=1), (ridge - 1.0) * c)
+    c = jnp.sum(jnp.where(added, products, 0.0), axis=1)
+    schur = jnp.maximum(c * (1.0 + ridge) - jnp.sum(b * h, axis=1), ridge * c)
     e = added.astype(inverse.dtype)
     g = e - h
     update = g[:, :, None] * g[:, None, :] / jnp.where(schur > 0, schur, 1.0)[:, None, None]
@@ -214,15 +219,16 @@ def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
     slack it leaves on the active rows, is within the projection tolerance
     tol ‖x_j‖ ‖z‖ on each of them)."""
     gram, inverse, used = active.gram, active.inverse, active.used
-    ridge = 10 * jnp.finfo(z.dtype).eps * jnp.diagonal(gram, axis1=1, axis2=2)
+    diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
 
     def residual(mu):
-        return rhs - jnp.where(used, jnp.einsum("gij,gj->gi", gram, mu) + ridge * mu, 0.0)
+        regularised_product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
+        return rhs - jnp.where(used, regularised_product, 0.0)
 
     rhs = jnp.where(used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
     mu = jnp.einsum("gij,gj->gi", inverse, rhs)          # zero on the unused slots
     mu = mu + jnp.einsum("gij,gj->gi", inverse, residual(mu))
-    bound = tol * jnp.sqrt(jnp.diagonal(gram, axis1=1, axis2=2)) * jnp.linalg.norm(z, axis=1)[:, None]
+    bound = tol * jnp.sqrt(diagonal) * jnp.linalg.norm(z, axis=1)[:, None]
     accurate = jnp.all((jnp.abs(residual(mu)) <= bound) | ~used)
     return jnp.where(used, mu, 0.0), accurate
 
