@@ -291,17 +291,16 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         free_slot = jnp.argmin(used, axis=1)
         has_room = ~jnp.all(used, axis=1)
         add = feasible & violated & ~already & has_room & ~frozen
-        slot_hit = (jnp.arange(slots)[None] == free_slot[:, None]) & add[:, None]
+        slot = jnp.where(add, free_slot, slots)          # out of range where nothing is added
+        slot_hit = jnp.arange(slots)[None] == slot[:, None]
         # the new row's inner products with the slots' rows fill its row and column of the Gram
         new_row = _constraint_rows(problem, worst, groups_pattern)
         products = jnp.einsum("gkd,gd->gk", rows, new_row)
         products = jnp.where(slot_hit, jnp.sum(new_row**2, axis=1)[:, None], products)
         inverse = _with_row(inverse, products, used, slot_hit)
-        products = jnp.where(add[:, None], products, active.gram[group_index, free_slot])
-        gram = active.gram.at[group_index, free_slot].set(products)
-        gram = gram.at[group_index, :, free_slot].set(products)
-        rows = rows.at[group_index, free_slot].set(
-            jnp.where(add[:, None], new_row, rows[group_index, free_slot]))
+        gram = active.gram.at[group_index, slot].set(products, mode="drop")
+        gram = gram.at[group_index, :, slot].set(products, mode="drop")
+        rows = rows.at[group_index, slot].set(new_row, mode="drop")
         active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit, gram,
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
