@@ -48,12 +48,15 @@ class RowBlock(NamedTuple):
         masks: [b, P] activation patterns as 0/1 floats.
         targets: [b, C] targets.
         start: index of the first row in X (an int, or a traced integer when streamed).
+        xt: [d, b] the same features transposed, where the program keeps that copy (see
+            ``problem.with_transposed_rows``), else None.
     """
 
     x: jax.Array
     masks: jax.Array
     targets: jax.Array
     start: Any
+    xt: Optional[jax.Array] = None
 
 
 # ----------------------------------------------------------------------------- streamed rows
@@ -147,7 +150,7 @@ def reduce_rows(problem: "Problem", block_fn: Callable[[RowBlock], T],
     """
     stream = problem.stream
     if stream is None:
-        return block_fn(RowBlock(problem.x, problem.masks, problem.targets, 0))
+        return block_fn(RowBlock(problem.x, problem.masks, problem.targets, 0, problem.xt))
     dim, patterns, outputs = stream.dim, stream.masks.shape[1], stream.targets.shape[1]
     shapes = tuple(jax.ShapeDtypeStruct((stream.block_rows, k), stream.dtype)
                    for k in (dim, patterns, outputs))

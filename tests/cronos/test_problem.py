@@ -22,12 +22,16 @@ def dense_operators(x, gates):
     return f, g
 
 
-def test_operators_match_dense_matrices():
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "with-transposed-copy"])
+def test_operators_match_dense_matrices(transposed):
     rng = np.random.default_rng(0)
     n, d, p, c = 30, 4, 5, 3
     x, gates = rng.normal(size=(n, d)), rng.normal(size=(d, p))
     problem = pb.Problem(x=jnp.asarray(x), masks=pb.activation_patterns(jnp.asarray(x), jnp.asarray(gates)),
                          targets=jnp.zeros((n, c)), scale=jnp.asarray(1.0), beta=jnp.asarray(0.0))
+    if transposed:
+        problem = pb.with_transposed_rows(problem)
+        assert problem.xt is not None, "the tests run on one CPU device, where the copy is kept"
     f, g = dense_operators(x, gates)
     u = rng.normal(size=(2, d, p, c))
     flat = np.moveaxis(u, 1, 2).reshape(2 * p * d, c)        # (half, pattern, dim) rows
