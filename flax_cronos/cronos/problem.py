@@ -227,7 +227,6 @@ def rows_transpose_dot(rows: Rows, y: jax.Array) -> jax.Array:
     return jnp.tensordot(rows.x, y, axes=((0,), (0,)))
 
 
-
 def pattern_sum(rows: Rows, z: jax.Array) -> jax.Array:
     """Σ_i D_i X z_i: [d, P, C] → [n, C]."""
     xz = jnp.einsum("nd,dpc->npc", rows.x, z)
