@@ -1,17 +1,17 @@
 """Solver benchmark: flax-cronos against pyscnn and CVXPY on the same cone-constrained instances.
 
-    python benchmarks/solver.py [--sizes 400,4000,20000,50000] [--scnn-python PATH/bin/python]
+    python benchmarks/solver.py [--sizes 400,4000,20000] [--throughput-sizes 4000,20000,50000]
+        [--scnn-python PATH/bin/python]
 
 Instances: teacher-labelled Gaussian features (d = 256), binary ±1 targets, P = 16 gates shared
 by every solver, β = 0.01 · β̄ with β̄ = max_g ‖A_gᵀY‖. The optimum p* is CVXPY's (Clarabel)
 where it runs (n ≤ --cvxpy-max-n), else a float64 flax-cronos solve certified by its duality
 gap (n ≤ --reference-max-n), else the timed float32 run's own final objective (tol 1e-4; at
-n = 4000 it was within 1e-5 of the float64 reference; its certified duality gap is recorded,
-though a float32 gap bound is looser than the objective's actual error). Prints a table: seconds to reach
-a relative objective gap of 1e-3, final gap, constraint violation; and flax-cronos's throughput
-against this machine's float32 matmul rate. A second table (--throughput-sizes) times ADMM
-iterations alone on the gated-ReLU program of the same instances, whose iterations are
-matrix products only (no cone projections).
+n = 4000 it was within 1e-5 of the float64 reference; its certified duality gap is recorded).
+Prints a table: seconds to reach a relative objective gap of 1e-3, final gap, constraint
+violation; and flax-cronos's throughput against this machine's float32 matmul rate. A second
+table (--throughput-sizes) times ADMM iterations alone on the gated-ReLU program of the same
+instances, whose iterations are matrix products only (no cone projections).
 Timings exclude compilation and synchronise before reading the clock: a warm-up run first (at
 most WARMUP_ITERS iterations; any compilation left inside the timed run, e.g. for active sets
 grown further, is measured with jax.monitoring and subtracted).
