@@ -173,7 +173,8 @@ def main() -> None:
     parser.add_argument("--beta-fraction", type=float, default=0.01)
     parser.add_argument("--cvxpy-max-n", type=int, default=400)
     parser.add_argument("--reference-max-n", type=int, default=4000,
-                        help="largest n given a float64 reference solve (above: the dual bound)")
+                        help="largest n given a float64 reference solve (above: the timed run's own "
+                             "certified final objective)")
     parser.add_argument("--throughput-sizes", default="4000,20000,50000",
                         help="n of the gated-ReLU iteration-throughput table ('' skips it)")
     parser.add_argument("--scnn-python", help="python of a virtualenv with pyscnn and torch")
@@ -254,8 +255,8 @@ def main() -> None:
 
     throughput = []
     for n in [int(size) for size in args.throughput_sizes.split(",") if size]:
-        throughput.append(iteration_throughput(n, args.dim, args.patterns, args.beta_fraction))
-        t = throughput[-1]
+        t = iteration_throughput(n, args.dim, args.patterns, args.beta_fraction)
+        throughput.append(t)
         print(f"gated_relu n={n:>6}: {t['iterations']} ADMM it ({t['pcg_iterations']} PCG) in "
               f"{t['seconds']:.2f}s, {t['gflops']:.1f} GFLOP/s = {100 * t['gflops'] / rate:.0f}% "
               "of matmul", flush=True)

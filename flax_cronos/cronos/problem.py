@@ -204,17 +204,17 @@ def normalise(problem: Problem) -> Problem:
 def with_transposed_rows(problem: Problem) -> Problem:
     """The problem with a copy of Xᵀ [d, n] when its rows are on one CPU device.
 
-    Half of every PCG step and of every gap check is a product Xᵀ r that sums over the rows.
-    XLA's CPU dot runs it about 3× slower on a row-major [n, d] X than as a plain product
-    with a row-major Xᵀ (n = 20,000, d = 256, 16 columns: 8.0 ms against 2.6 ms; X r costs
-    3.2 ms), so on CPU the transposed copy is worth its memory (a second copy of X). GPU
-    matrix products take either layout at full speed, and sharded or streamed rows are left
-    as they are: the problem is returned unchanged there."""
+    Half of every PCG step and of every gap check is a product Xᵀ r that sums over the rows
+    (``pattern_sum_t``). XLA's CPU dot runs it about 3× slower on a row-major [n, d] X than as
+    a plain product with a row-major Xᵀ (n = 20,000, d = 256, 16 columns: 8.0 ms against
+    2.6 ms; X r costs 3.2 ms), so on CPU the transposed copy is worth its memory (a second copy
+    of X). GPU matrix products take either layout at full speed, and sharded or streamed rows
+    are left as they are: the problem is returned unchanged there."""
     if problem.x is None or len(problem.x.devices()) != 1:
         return problem
     if next(iter(problem.x.devices())).platform != "cpu":
         return problem
-    return problem._replace(xt=jnp.transpose(problem.x).copy())
+    return problem._replace(xt=jnp.transpose(problem.x))       # a new, row-major [d, n] array
 
 
 # ----------------------------------------------------------------------------- operators
@@ -261,8 +261,7 @@ def apply_G(rows: Rows, u: jax.Array) -> jax.Array:
 
 def apply_Gt(rows: Rows, s: jax.Array) -> jax.Array:
     """Gᵀ s = Xᵀ(E ∘ s_h): [H, n, P, C] → [H, d, P, C]."""
-    signed = cone_signs(rows)[:, None, :, None] * jnp.moveaxis(s, 1, 0)         # [n, H, P, C]
-    return jnp.moveaxis(rows_transpose_dot(rows, signed), 0, 1)
+    return jnp.einsum("nd,hnpc->hdpc", rows.x, cone_signs(rows)[None, :, :, None] * s)
 
 
 # ----------------------------------------------------------------------------- reductions over rows
