@@ -32,8 +32,12 @@ memory block by block (device memory then holds blocks, never X).
 
 Stopping. Because v is always feasible (exact projections), its objective is an upper bound,
 and a dual-feasible point built from its residual gives a lower bound: ADMM stops when the
-relative duality gap is ≤ ``tol`` (checked every ``GAP_EVERY`` iterations), a certificate. For
-small β that bound is loose (the dual feasible set is thin), so ADMM also stops when the primal
+relative duality gap is ≤ ``tol``, a certificate. The gap is checked ``GAP_EVERY`` iterations
+after the last check, or twice as long after it when the last gap was far (> ``FAR_GAP`` · tol):
+a check costs tens of iterations' worth of projections for relu, and for small β the bound is
+loose (the dual feasible set is thin) and stays near 1 long after the iterate has converged,
+so checking it every 50 iterations spent up to half of a small solve (docs/benchmarks.md).
+ADMM therefore also stops when the primal
 residual ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖)
 (Boyd et al. 2011, §3.3) are both ≤ tol/10; in our measurements the objective was then within
 about tol/3 of the optimum. ``Stats.duality_gap`` always reports the certified bound.
@@ -65,7 +69,8 @@ from flax_cronos.cronos.rows import (RowStream, auto_mesh, gather_processes, hol
 
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
-GAP_EVERY = 50          # ADMM iterations between duality-gap checks (each projects too)
+GAP_EVERY = 50          # ADMM iterations between duality-gap checks (each projects too) ...
+FAR_GAP = 10            # ... doubled after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
 FIRST_ACTIVE = 8        # active-set slots per group at the start; doubled when one fills up
 MAX_ACTIVE = 512        # ... up to this many (or d, or n)
@@ -166,8 +171,9 @@ class AdmmState(NamedTuple):
     and the duality gap's (None for gated_relu): at a fixed point z = v + Fᵀθ/ρ, so both
     project onto the same faces; gap_needs_room: the last gap's projections filled some
     group's slots; residuals and the duality gap are relative (see module docstring);
-    projections_complete is False when the last projections ran out of active-set slots or
-    iterations (v may then be infeasible).
+    gap_at: the iteration whose v the gap bounds (−1: none yet); gap_every: iterations from
+    that one to the next check; projections_complete is False when the last projections ran
+    out of active-set slots or iterations (v may then be infeasible).
     """
 
     u: jax.Array
@@ -182,6 +188,8 @@ class AdmmState(NamedTuple):
     primal_residual: jax.Array
     dual_residual: jax.Array
     gap: jax.Array
+    gap_at: jax.Array
+    gap_every: jax.Array
     projections_complete: jax.Array
 
 
@@ -261,7 +269,8 @@ def prox(problem: pb.Problem, z: jax.Array, threshold: jax.Array,
     rows = cone.groups(z)
     iterations, complete = jnp.asarray(0), jnp.asarray(True)
     if active is not None:
-        projection = cone.project_groups(problem, rows, z.shape, active, PROJECTION_ITERS)
+        projection = cone.project_groups(problem, rows, z.shape, active, PROJECTION_ITERS,
+                                         zero_below=threshold)
         rows, active, iterations = projection.point, projection.active, projection.iterations
         at_limit = active.used.shape[1] >= active_set_limit(problem)
         complete = jnp.all(projection.complete) | at_limit   # no more room to give: accept
@@ -331,18 +340,23 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
 
     def body(st):
         st = admm_step(problem, precond, ft_y, st, settings)
-        return jax.lax.cond(st.iteration % GAP_EVERY == 0, lambda st: with_gap(problem, st),
-                            lambda st: st, st)
+        due = st.iteration >= jnp.maximum(st.gap_at, 0) + st.gap_every
+        return jax.lax.cond(due, lambda st: with_gap(problem, st, tol), lambda st: st, st)
 
     return jax.lax.while_loop(cond, body, state)
 
 
-def with_gap(problem: pb.Problem, state: AdmmState) -> AdmmState:
-    """The state with the duality gap of its iterate v."""
+def with_gap(problem: pb.Problem, state: AdmmState, tol=None) -> AdmmState:
+    """The state with the duality gap of its iterate v, and when to check it next: in
+    ``GAP_EVERY`` iterations, or (given ``tol``) twice the last interval after a far gap."""
     gap, gap_active = certificate.duality_gap(problem, state.v, state.active,
                                               _gap_projection_iters(state))
     needs_room = jnp.asarray(False) if gap_active is None else cone.any_full(gap_active)
-    return state._replace(gap=gap, gap_needs_room=needs_room)
+    every = jnp.asarray(GAP_EVERY)
+    if tol is not None:
+        every = jnp.where(gap > FAR_GAP * tol, 2 * state.gap_every, every)
+    return state._replace(gap=gap, gap_needs_room=needs_room, gap_at=state.iteration,
+                          gap_every=every)
 
 
 _with_gap = jax.jit(with_gap)
@@ -401,7 +415,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = unknown_residual(dtype)
     return AdmmState(u=weights, v=weights, lam=lam, active=active, gap_needs_room=jnp.asarray(False),
-                     gap=unknown, rho=rho,
+                     gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_EVERY), rho=rho,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,
@@ -542,8 +556,11 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
            seconds: float) -> Solution:
     """Maps the group-sparse iterate v back to the original scale, with its statistics."""
     loss, penalty, violation = (float(t) for t in certificate.objective_terms(problem, state.v))
-    gap = float(certificate.final_duality_gap(problem, state.v, state.active,
-                                              _gap_projection_iters(state)))
+    if int(state.gap_at) == int(state.iteration) and not bool(state.gap_needs_room):
+        gap = float(state.gap)                                       # the gap of this v
+    else:
+        gap = float(certificate.final_duality_gap(problem, state.v, state.active,
+                                                  _gap_projection_iters(state)))
     if not (bool(finite(state)) and np.isfinite(loss + penalty)):
         status = SolveStatus.NONFINITE
     elif bool(converged(state._replace(gap=jnp.asarray(gap)), config.tol)):

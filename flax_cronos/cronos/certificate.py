@@ -39,16 +39,19 @@ def objective_terms(problem: pb.Problem, weights: jax.Array) -> tuple[jax.Array,
     return loss, penalty, violation
 
 
-def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters: int):
+def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters: int,
+                below=None):
     """Upper bounds of max_g ‖Π_{K_g}(A_gᵀθ)‖ per output [C] from the correlations Fᵀθ
     [H, d, P, C], and the projections' active sets.
 
-    Exact when the projections complete; otherwise still bounds, since every Lawson–Hanson
-    iterate z + Aᵀμ has μ ≥ 0 and ‖Π_K(z)‖ = min_{μ ≥ 0} ‖z + Aᵀμ‖.
+    Exact when the projections complete and no group is known to be ≤ ``below`` (those
+    groups stop projecting there); otherwise still bounds, since every Lawson–Hanson iterate
+    z + Aᵀμ has μ ≥ 0 and ‖Π_K(z)‖ = min_{μ ≥ 0} ‖z + Aᵀμ‖.
     """
     rows = cone.groups(correlations)
     if active is not None:
-        projection = cone.project_groups(problem, rows, correlations.shape, active, max_iters)
+        projection = cone.project_groups(problem, rows, correlations.shape, active, max_iters,
+                                         zero_below=below)
         rows, active = projection.point, projection.active
     norms = jnp.linalg.norm(rows, axis=1).reshape(-1, correlations.shape[-1])
     return jnp.max(norms, axis=0), active
@@ -58,7 +61,9 @@ def duality_gap(problem: pb.Problem, v: jax.Array, dual_active, max_iters: int):
     """Relative duality gap of a feasible v [H, d, P, C], and its projections' active sets
     (``dual_active``: their warm start, e.g. the prox's active sets)."""
     correlations, residual_sq, residual_y = pb.residual_terms(problem, v)     # θ₀ = Y − Fv
-    worst, dual_active = _dual_norms(problem, correlations, dual_active, max_iters)
+    # a group's norm only matters above β (below it, the scale is 1 whatever it is)
+    worst, dual_active = _dual_norms(problem, correlations, dual_active, max_iters,
+                                     below=problem.beta)
     scale = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, jnp.finfo(v.dtype).tiny))
     dual = jnp.sum(scale * residual_y - 0.5 * scale**2 * residual_sq)
     primal = 0.5 * jnp.sum(residual_sq) + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))

@@ -234,7 +234,7 @@ def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
 
 
 def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Array,
-            active: ActiveSet, tol, max_iters: int) -> Projection:
+            active: ActiveSet, tol, max_iters: int, zero_below=None) -> Projection:
     """Projects every z_g onto its cone {v : e_{j,p(g)} x_j·v ≥ 0 for all j}.
 
     Args:
@@ -245,15 +245,23 @@ def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Ar
         active: warm-start active sets (``empty_active_set`` for a cold start).
         tol: a constraint counts as violated when e x_j·v < −tol ‖x_j‖ ‖z‖.
         max_iters: cap on Lawson–Hanson iterations (static).
+        zero_below: see ``project_rows``.
     """
     rows = Problem(x=x, masks=(signs + 1.0) / 2.0, targets=None, scale=jnp.ones((), x.dtype),
                    beta=jnp.zeros((), x.dtype))
-    return project_rows(rows, groups_pattern, z, active, tol, max_iters)
+    return project_rows(rows, groups_pattern, z, active, tol, max_iters, zero_below)
 
 
 def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, active: ActiveSet,
-                 tol, max_iters: int) -> Projection:
+                 tol, max_iters: int, zero_below=None) -> Projection:
     """``project`` onto the cones of the rows of ``problem`` (in memory, sharded or streamed).
+
+    ``zero_below`` (optional): a group is done, its projection left inexact, once the
+    projection is known to have norm ≤ ``zero_below`` (the prox then shrinks it to zero
+    whatever it is). Known: ‖Π_K z‖ = max(0, max over unit v ∈ K of ⟨z, v⟩) grows with the
+    cone, so ‖z‖ bounds it, and so does ‖Π_{K_W} z‖, the current point whenever the
+    multipliers on W are all positive (it is then the projection onto K_W = {v : A_W v ≥ 0},
+    a cone containing K).
 
     The loop carries the active rows A_W [G, k, d] and the inverse H of their Gram matrix: a row
     enters with one bordering update and leaves with one Schur complement, both O(k²). Rounding
@@ -264,6 +272,9 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
     groups, slots = active.used.shape
     group_index = jnp.arange(groups)
     z_norm = jnp.linalg.norm(z, axis=1)
+
+    def shrunk_to_zero(norm):
+        return jnp.zeros(groups, bool) if zero_below is None else norm <= zero_below
 
     def step(loop: _Loop) -> _Loop:
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
@@ -285,8 +296,9 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         new_mu = jnp.where(frozen[:, None], mu, new_mu)
 
         point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
+        zeroed = feasible & ~frozen & shrunk_to_zero(jnp.linalg.norm(point, axis=1))
         worst, worst_slack = _most_violated(problem, groups_pattern, point)
-        violated = worst_slack < -tol * z_norm
+        violated = (worst_slack < -tol * z_norm) & ~zeroed
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
         free_slot = jnp.argmin(used, axis=1)
         has_room = ~jnp.all(used, axis=1)
@@ -325,7 +337,8 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
     no_groups = jnp.zeros(groups, bool)
     loop = _Loop(iteration=jnp.asarray(0), active=active,
                  rows=_constraint_rows(problem, active.rows, groups_pattern),
-                 mu=jnp.zeros((groups, slots), z.dtype), done=no_groups, out_of_room=no_groups,
+                 mu=jnp.zeros((groups, slots), z.dtype), done=shrunk_to_zero(z_norm),
+                 out_of_room=no_groups,
                  stale=jnp.asarray(False), trusted=jnp.asarray(False),
                  refactorisations=jnp.asarray(0))
     loop = jax.lax.while_loop(running, until_stale, loop)
@@ -366,7 +379,9 @@ def projection_tolerance(dtype) -> float:
 
 
 def project_groups(problem: Problem, rows: jax.Array, shape, active: ActiveSet,
-                   max_iters: int) -> Projection:
-    """Projects the groups ``rows`` [H·P·C, d] of a [H, d, P, C] array onto their cones."""
+                   max_iters: int, zero_below=None) -> Projection:
+    """Projects the groups ``rows`` [H·P·C, d] of a [H, d, P, C] array onto their cones
+    (``zero_below``: see ``project_rows``)."""
     return project_rows(problem, group_pattern_index(shape), rows, active,
-                        projection_tolerance(rows.dtype), max_iters=max_iters)
+                        projection_tolerance(rows.dtype), max_iters=max_iters,
+                        zero_below=zero_below)

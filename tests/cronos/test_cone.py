@@ -109,3 +109,36 @@ def test_float32_projections_onto_nearly_dependent_rows_stay_finite_and_close():
             expected = reference_projection(signs[:, [pattern]] * x, z[g])
             np.testing.assert_allclose(result.point[g], expected, atol=1e-2 * np.linalg.norm(z[g]))
     assert refactorisations > 0
+
+
+def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
+    """With ``zero_below`` t a group stops once its projection has norm ≤ t for sure, so the
+    prox's shrink (1 − t/‖Π z‖)₊ Π z is unchanged for every group, and groups whose exact
+    projection is 0 but needs many steps (z in the polar cone) cost none."""
+    rng = np.random.default_rng(2)
+    n, d, patterns = 300, 8, 3
+    x = rng.normal(size=(n, d))
+    gates = rng.normal(size=(d, patterns))
+    signs = np.where(x @ gates >= 0, 1.0, -1.0)
+    group_pattern = np.tile(np.arange(patterns), 4)
+    directions = (gates / np.linalg.norm(gates, axis=0)).T[group_pattern]
+    z = np.linspace(0.2, 3.0, len(group_pattern))[:, None] * directions
+    z = z + 0.5 * rng.normal(size=z.shape)
+    z[:patterns] = -0.1 * directions[:patterns]    # polar cones: Π z = 0, reached through many rows
+    exact = np.stack([reference_projection(signs[:, [p]] * x, z[g])
+                      for g, p in enumerate(group_pattern)])
+    threshold = float(np.median(np.linalg.norm(exact, axis=1)))
+
+    def shrink(points):
+        norms = np.linalg.norm(points, axis=1, keepdims=True)
+        return points * np.maximum(0.0, 1.0 - threshold / np.maximum(norms, 1e-300))
+
+    project = jax.jit(cone.project, static_argnames="max_iters")
+    args = (jnp.asarray(x), jnp.asarray(signs), jnp.asarray(group_pattern), jnp.asarray(z),
+            cone.empty_active_set(len(group_pattern), d, jnp.float64), 1e-10, 100)
+    full, early = project(*args), project(*args, zero_below=threshold)
+    assert bool(jnp.all(early.complete))
+    np.testing.assert_allclose(np.asarray(full.point), exact, atol=1e-9)
+    np.testing.assert_allclose(shrink(np.asarray(early.point)), shrink(exact), atol=1e-9)
+    assert np.any(np.abs(np.asarray(early.point) - exact) > 1e-3)     # some stopped inexact
+    assert int(early.iterations) < int(full.iterations)
