@@ -1,7 +1,15 @@
-"""CVXPY (Clarabel) formulation of the convex programs of DESIGN.md: the independent reference."""
+"""Independent references: CVXPY (Clarabel) formulation of the convex programs of DESIGN.md,
+and cone projections by SciPy's non-negative least squares (Lawson–Hanson in Fortran)."""
 
 import cvxpy as cp
 import numpy as np
+from scipy.optimize import nnls
+
+
+def reference_projection(a, z):
+    """Π(z) onto {v : a v ≥ 0} through the NNLS dual min_{μ≥0} ‖z + aᵀμ‖."""
+    mu, _ = nnls(-a.T, z, maxiter=10_000)
+    return z + a.T @ mu
 
 
 def cvxpy_solve(x, targets, gates, beta, activation):

@@ -5,19 +5,20 @@ import numpy as np
 import pytest
 
 from flax_cronos import cronos
-from flax_cronos.cronos import admm, certificate, problem as pb
+from flax_cronos.cronos import admm, certificate
 from flax_cronos.data.synthetic import teacher_classes
-from tests.cronos.test_cone import reference_projection
+from tests.reference import reference_projection
 
 
 def reference_gap(problem, v):
     """(P(v) − D(sθ₀)) / P(v) with θ₀ = Y − Fv and s_c = min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀)‖),
     every projection by NNLS (module docstring of certificate.py)."""
-    x, targets = np.asarray(problem.x), np.asarray(problem.targets)
-    signs = 2.0 * np.asarray(problem.masks) - 1.0
+    x, targets, masks = (np.asarray(a) for a in (problem.x, problem.targets, problem.masks))
+    signs = 2.0 * masks - 1.0
     v = np.asarray(v)
     halves, _, patterns, classes = v.shape
-    fitted = sum((1 - 2 * h) * (np.asarray(problem.masks)[:, [p]] * x) @ v[h, :, p, :]
+    masked = [masks[:, [p]] * x for p in range(patterns)]                  # D_p X
+    fitted = sum((1 - 2 * h) * masked[p] @ v[h, :, p, :]
                  for h in range(halves) for p in range(patterns))
     theta = targets - fitted
     beta = float(problem.beta)
@@ -27,7 +28,7 @@ def reference_gap(problem, v):
         worst = 0.0
         for h in range(halves):
             for p in range(patterns):
-                correlation = (1 - 2 * h) * (np.asarray(problem.masks)[:, [p]] * x).T @ theta[:, c]
+                correlation = (1 - 2 * h) * masked[p].T @ theta[:, c]
                 worst = max(worst, np.linalg.norm(
                     reference_projection(signs[:, [p]] * x, correlation)))
         scale = min(1.0, beta / worst)

@@ -3,15 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import nnls
 
 from flax_cronos.cronos import cone
-
-
-def reference_projection(a, z):
-    """Π(z) onto {v : a v ≥ 0} through the NNLS dual min_{μ≥0} ‖z + aᵀμ‖."""
-    mu, _ = nnls(-a.T, z, maxiter=10_000)
-    return z + a.T @ mu
+from tests.reference import reference_projection
 
 
 def test_projection_matches_nnls_cold_and_warm():
