@@ -117,8 +117,8 @@ def product_flops(n: int, dim: int, patterns: int, halves: int, iterations: int,
     """Floating-point operations of a solve's products with X, each a [n, d] × [d, P] product
     (2·n·d·P flops): X z and Xᵀ r once per PCG iteration and per ADMM iteration (F acts on the
     difference of the halves, Fᵀ returns ± one product), and for relu one [n, d] × [d, H·P] scan
-    for the most violated constraint per Lawson–Hanson step. The duality-gap checks (at most one
-    per ``admm.GAP_EVERY`` iterations) are not counted, so this is a lower bound."""
+    for the most violated constraint per Lawson–Hanson step. The duality-gap checks (their number
+    varies, see ``admm.with_gap``) are not counted, so this is a lower bound."""
     gemm = 2.0 * n * dim * patterns
     return gemm * 2 * (pcg_iterations + iterations) + gemm * halves * projection_iterations
 

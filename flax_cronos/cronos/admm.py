@@ -31,16 +31,16 @@ all-reduces the [d, P]-sized partial sums; X is never gathered) and on rows stre
 memory block by block (device memory then holds blocks, never X).
 
 Stopping. Because v is always feasible (exact projections), its objective is an upper bound,
-and a dual-feasible point built from its residual gives a lower bound: ADMM stops when the
-relative duality gap is ≤ ``tol``, a certificate. The gap is checked ``GAP_EVERY`` iterations
-after the last check, or twice as long after it when the last gap was far (> ``FAR_GAP`` · tol):
-a check costs tens of iterations' worth of projections for relu, and for small β the bound is
-loose (the dual feasible set is thin) and stays near 1 long after the iterate has converged,
-so checking it every 50 iterations spent up to half of a small solve (docs/benchmarks.md).
-ADMM therefore also stops when the primal
-residual ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖)
-(Boyd et al. 2011, §3.3) are both ≤ tol/10; in our measurements the objective was then within
-about tol/3 of the optimum. ``Stats.duality_gap`` always reports the certified bound.
+and a dual-feasible point built from the residual of the u-iterate gives a lower bound
+(``certificate.py``): ADMM stops when the relative duality gap is ≤ ``tol``, a certificate.
+The gap is checked ``GAP_FIRST`` iterations after a start (a warm start is often certified
+within a few iterations), then at twice the last interval, up to ``GAP_EVERY``, or beyond it
+while the gap is far (> ``FAR_GAP`` · tol): a check projects, and for small β the bound stays
+loose (the dual feasible set is thin) long after the iterate has converged. ADMM therefore
+also stops when the primal residual ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual
+ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖) (Boyd et al. 2011, §3.3) are both ≤ tol/10; in our
+measurements the objective was then within about tol/3 of the optimum. ``Stats.duality_gap``
+always reports the certified bound.
 
 ρ: ADMM's speed here depends on ρ by orders of magnitude, and in the wrong direction for
 residual balancing (balanced residuals sat at ρ ≈ 1 where convergence stalls). ``default_rho``
@@ -69,8 +69,9 @@ from flax_cronos.cronos.rows import (RowStream, auto_mesh, gather_processes, hol
 
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
-GAP_EVERY = 50          # ADMM iterations between duality-gap checks (each projects too) ...
-FAR_GAP = 10            # ... doubled after a gap above FAR_GAP · tol
+GAP_FIRST = 10          # ADMM iterations from a start to the first duality-gap check ...
+GAP_EVERY = 50          # ... then twice the last interval, up to this many ...
+FAR_GAP = 10            # ... or beyond it after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
 FIRST_ACTIVE = 8        # active-set slots per group at the start; doubled when one fills up
 MAX_ACTIVE = 512        # ... up to this many (or d, or n)
@@ -347,14 +348,17 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
 
 
 def with_gap(problem: pb.Problem, state: AdmmState, tol=None) -> AdmmState:
-    """The state with the duality gap of its iterate v, and when to check it next: in
-    ``GAP_EVERY`` iterations, or (given ``tol``) twice the last interval after a far gap."""
-    gap, gap_active = certificate.duality_gap(problem, state.v, state.active,
+    """The state with the duality gap of its iterate v, and when to check it next: without
+    ``tol`` (a starting state) in ``GAP_FIRST`` iterations; with it at twice the last
+    interval, capped at ``GAP_EVERY`` unless the gap is above ``FAR_GAP`` · tol."""
+    gap, gap_active = certificate.duality_gap(problem, state.v, state.u, state.active,
                                               _gap_projection_iters(state))
     needs_room = jnp.asarray(False) if gap_active is None else cone.any_full(gap_active)
-    every = jnp.asarray(GAP_EVERY)
-    if tol is not None:
-        every = jnp.where(gap > FAR_GAP * tol, 2 * state.gap_every, every)
+    if tol is None:                                                   # a starting state
+        every = jnp.asarray(GAP_FIRST)
+    else:
+        doubled = 2 * state.gap_every
+        every = jnp.where(gap > FAR_GAP * tol, doubled, jnp.minimum(doubled, GAP_EVERY))
     return state._replace(gap=gap, gap_needs_room=needs_room, gap_at=state.iteration,
                           gap_every=every)
 
@@ -415,7 +419,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = unknown_residual(dtype)
     return AdmmState(u=weights, v=weights, lam=lam, active=active, gap_needs_room=jnp.asarray(False),
-                     gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_EVERY), rho=rho,
+                     gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_FIRST), rho=rho,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,
@@ -559,7 +563,7 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
     if int(state.gap_at) == int(state.iteration) and not bool(state.gap_needs_room):
         gap = float(state.gap)                                       # the gap of this v
     else:
-        gap = float(certificate.final_duality_gap(problem, state.v, state.active,
+        gap = float(certificate.final_duality_gap(problem, state.v, state.u, state.active,
                                                   _gap_projection_iters(state)))
     if not (bool(finite(state)) and np.isfinite(loss + penalty)):
         status = SolveStatus.NONFINITE

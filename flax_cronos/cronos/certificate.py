@@ -7,8 +7,17 @@ program min_v ½‖Σ_g A_g v_g − Y‖² + β Σ_g ‖v_g‖ s.t. v_g ∈ K_g 
 
 because the support function of K ∩ unit ball is ‖Π_K(·)‖ (Moreau). Two consequences:
 - β̄ = max_g ‖Π_{K_g}(A_gᵀY)‖ is the smallest β whose optimum is zero (θ = Y is then feasible);
-- any residual θ₀ = Y − Fv, scaled per output c by s_c = min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀)‖), is
-  dual feasible, so (P(v) − D(sθ₀)) / P(v) bounds how far a feasible v is from the optimum.
+- any θ₀ scaled per output c by s_c ≤ β / max_g ‖Π_{K_g}(A_gᵀθ₀)‖ is dual feasible, so
+  (P(v) − D(sθ₀)) / P(v) bounds how far a feasible v is from the optimum. D(sθ₀) is a concave
+  quadratic in s_c, largest at s_c = ⟨θ₀_c, Y_c⟩ / ‖θ₀_c‖², so s_c is that, capped there.
+
+The candidate θ₀ = Y − Fu comes from ADMM's other iterate, u (the least-squares step's), not
+from the feasible v. The u-step makes Fᵀ(Y − Fu) = ρλ + ρ((1 − α)(u − v_prev) + (v − v_prev))
+(admm.py), and ρλ = ρ(z − v) is a subgradient of β‖·‖ + I_K at v, so dual feasible: the
+candidate's correlations are off by ρ times ADMM's residuals. Those of Y − Fv are off by
+FᵀF(u − v) as well, up to ‖FᵀF‖ ≈ P/ρ (hundreds of) times more: at small β, where the
+correlations must be within β, their scaling made the gap of a converged iterate ≈ 1, and
+many more groups exceeded β, each needing a full projection (docs/benchmarks.md).
 """
 
 import functools
@@ -57,23 +66,39 @@ def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters:
     return jnp.max(norms, axis=0), active
 
 
-def duality_gap(problem: pb.Problem, v: jax.Array, dual_active, max_iters: int):
-    """Relative duality gap of a feasible v [H, d, P, C], and its projections' active sets
-    (``dual_active``: their warm start, e.g. the prox's active sets)."""
-    correlations, residual_sq, residual_y = pb.residual_terms(problem, v)     # θ₀ = Y − Fv
-    # a group's norm only matters above β (below it, the scale is 1 whatever it is)
+def _residual_terms(problem: pb.Problem, v: jax.Array, u: jax.Array):
+    """In one pass over the rows, with θ₀ = Y − Fu: (Fᵀθ₀ [H, d, P, C], ‖θ₀_c‖² [C],
+    ⟨θ₀_c, Y_c⟩ [C], ‖Y − Fv‖²)."""
+    def block(rows):
+        candidate = rows.targets - pb.apply_F(rows, u)
+        return (pb.apply_Ft(rows, candidate, u.shape[0]), jnp.sum(candidate**2, axis=0),
+                jnp.sum(candidate * rows.targets, axis=0),
+                jnp.sum((rows.targets - pb.apply_F(rows, v)) ** 2))
+
+    return reduce_rows(problem, block)
+
+
+def duality_gap(problem: pb.Problem, v: jax.Array, u: jax.Array, dual_active, max_iters: int):
+    """Relative duality gap of a feasible v [H, d, P, C] from the dual candidate θ₀ = Y − Fu
+    (u: ADMM's u-iterate, or v itself), and its projections' active sets (``dual_active``:
+    their warm start, e.g. the prox's active sets)."""
+    tiny = jnp.finfo(v.dtype).tiny
+    correlations, candidate_sq, candidate_y, residual_sq = _residual_terms(problem, v, u)
+    # a group's norm only matters above β (below it, any scale ≤ 1 is feasible)
     worst, dual_active = _dual_norms(problem, correlations, dual_active, max_iters,
                                      below=problem.beta)
-    scale = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, jnp.finfo(v.dtype).tiny))
-    dual = jnp.sum(scale * residual_y - 0.5 * scale**2 * residual_sq)
-    primal = 0.5 * jnp.sum(residual_sq) + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
-    gap = jnp.maximum(primal - dual, 0.0) / jnp.maximum(primal, jnp.finfo(v.dtype).tiny)
+    feasible = jnp.minimum(1.0, problem.beta / jnp.maximum(worst, tiny))
+    scale = jnp.clip(candidate_y / jnp.maximum(candidate_sq, tiny), 0.0, feasible)
+    dual = jnp.sum(scale * candidate_y - 0.5 * scale**2 * candidate_sq)
+    primal = 0.5 * residual_sq + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
+    gap = jnp.maximum(primal - dual, 0.0) / jnp.maximum(primal, tiny)
     return gap, dual_active
 
 
 @functools.partial(jax.jit, static_argnames=("max_iters",))
-def final_duality_gap(problem: pb.Problem, v: jax.Array, dual_active, max_iters: int):
-    return duality_gap(problem, v, dual_active, max_iters)[0]
+def final_duality_gap(problem: pb.Problem, v: jax.Array, u: jax.Array, dual_active,
+                      max_iters: int):
+    return duality_gap(problem, v, u, dual_active, max_iters)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("activation",))

@@ -1,28 +1,34 @@
 """The duality gap against one built from exact projections (SciPy's NNLS)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from flax_cronos import cronos
-from flax_cronos.cronos import admm, certificate
+from flax_cronos.cronos import admm, certificate, path
 from flax_cronos.data.synthetic import teacher_classes
 from tests.reference import reference_projection
 
 
-def reference_gap(problem, v):
-    """(P(v) − D(sθ₀)) / P(v) with θ₀ = Y − Fv and s_c = min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀)‖),
-    every projection by NNLS (module docstring of certificate.py)."""
+def reference_gap(problem, v, u):
+    """(P(v) − D(sθ₀)) / P(v) with θ₀ = Y − Fu and s_c = ⟨θ₀_c, Y_c⟩ / ‖θ₀_c‖² capped at
+    min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀_c)‖), every projection by NNLS (module docstring of
+    certificate.py)."""
     x, targets, masks = (np.asarray(a) for a in (problem.x, problem.targets, problem.masks))
     signs = 2.0 * masks - 1.0
-    v = np.asarray(v)
+    v, u = np.asarray(v), np.asarray(u)
     halves, _, patterns, classes = v.shape
     masked = [masks[:, [p]] * x for p in range(patterns)]                  # D_p X
-    fitted = sum((1 - 2 * h) * masked[p] @ v[h, :, p, :]
-                 for h in range(halves) for p in range(patterns))
-    theta = targets - fitted
+
+    def fitted(weights):
+        return sum((1 - 2 * h) * masked[p] @ weights[h, :, p, :]
+                   for h in range(halves) for p in range(patterns))
+
+    theta = targets - fitted(u)
     beta = float(problem.beta)
-    primal = 0.5 * np.sum(theta**2) + beta * np.sum(np.linalg.norm(v, axis=1))
+    primal = 0.5 * np.sum((targets - fitted(v))**2) + beta * np.sum(np.linalg.norm(v, axis=1))
     dual = 0.0
     for c in range(classes):
         worst = 0.0
@@ -31,7 +37,8 @@ def reference_gap(problem, v):
                 correlation = (1 - 2 * h) * masked[p].T @ theta[:, c]
                 worst = max(worst, np.linalg.norm(
                     reference_projection(signs[:, [p]] * x, correlation)))
-        scale = min(1.0, beta / worst)
+        best = theta[:, c] @ targets[:, c] / (theta[:, c] @ theta[:, c])
+        scale = np.clip(best, 0.0, min(1.0, beta / worst))
         dual += scale * theta[:, c] @ targets[:, c] - 0.5 * scale**2 * theta[:, c] @ theta[:, c]
     return (primal - dual) / primal
 
@@ -45,22 +52,51 @@ def test_duality_gap_equals_the_gap_from_exact_projections(iterations):
                                  max_iters=iterations, tol=1e-9)
     problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
     state = admm.iterate(problem, precond, admm.init_state(problem, config), config)
-    gap, _ = certificate.duality_gap(problem, state.v, state.active, 200)
-    assert float(gap) == pytest.approx(reference_gap(problem, state.v), rel=1e-8, abs=1e-12)
+    gap, _ = certificate.duality_gap(problem, state.v, state.u, state.active, 200)
+    assert float(gap) == pytest.approx(reference_gap(problem, state.v, state.u), rel=1e-8,
+                                       abs=1e-12)
     assert 1e-6 < float(gap) < 1
 
 
-def test_a_far_gap_is_checked_half_as_often():
-    """ADMM checks the gap GAP_EVERY iterations after the last check, or twice the last
-    interval after one above FAR_GAP · tol."""
+def test_the_dual_candidate_from_u_bounds_the_true_gap_much_closer_than_the_residual():
+    """At a small β, the candidate Y − Fu (ADMM's u-iterate; certificate.py) still bounds the
+    true gap (P(v) − p*) / P(v), and it is several times tighter than the residual Y − Fv."""
+    x, y = teacher_classes(80, 5, 3, width=4, noise=0.1, seed=3)
+    config = cronos.CronosConfig(patterns=6, intercept=True, dtype="float64", tol=1e-9)
+    problem, _, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
+    config = dataclasses.replace(config, beta=1e-3 * path.beta_max(problem, "relu"))
+    problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
+    start = admm.init_state(problem, config)
+    optimum = admm.iterate(problem, precond, start, dataclasses.replace(config, max_iters=3000))
+    early = admm.iterate(problem, precond, start, dataclasses.replace(config, max_iters=300))
+
+    def objective(v):
+        return sum(float(t) for t in certificate.objective_terms(problem, v)[:2])
+
+    assert float(optimum.gap) < 1e-7
+    true_gap = (objective(early.v) - objective(optimum.v)) / objective(early.v)
+    from_u, _ = certificate.duality_gap(problem, early.v, early.u, early.active, 200)
+    from_v, _ = certificate.duality_gap(problem, early.v, early.v, early.active, 200)
+    assert true_gap <= float(from_u) < float(from_v) / 3
+
+
+def test_gap_checks_come_at_doubling_intervals():
+    """ADMM checks the gap GAP_FIRST iterations after a start, then at twice the last
+    interval, up to GAP_EVERY, or beyond it after a gap above FAR_GAP · tol."""
     x, y = teacher_classes(80, 5, 2, width=4, noise=0.1, seed=3)
     config = cronos.CronosConfig(patterns=6, beta=0.3, dtype="float64", max_iters=3)
     problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
     state = admm.with_gap(problem, admm.iterate(problem, precond,
                                                 admm.init_state(problem, config), config))
     gap = float(state.gap)
-    far = admm.with_gap(problem, state, tol=gap / (2 * admm.FAR_GAP))
-    near = admm.with_gap(problem, far, tol=gap)
     assert int(state.gap_at) == int(state.iteration) == 3
-    assert int(far.gap_every) == 2 * int(state.gap_every) == 2 * admm.GAP_EVERY
+    assert int(state.gap_every) == admm.GAP_FIRST
+    intervals, far = [], state
+    for _ in range(5):
+        far = admm.with_gap(problem, far, tol=gap / (2 * admm.FAR_GAP))
+        intervals.append(int(far.gap_every))
+    assert intervals == [admm.GAP_FIRST * 2**k for k in range(1, 6)]
+    assert intervals[-1] > admm.GAP_EVERY
+    near = admm.with_gap(problem, far, tol=gap)
     assert int(near.gap_every) == admm.GAP_EVERY
+    assert int(admm.with_gap(problem, state, tol=gap).gap_every) == 2 * admm.GAP_FIRST

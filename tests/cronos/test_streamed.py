@@ -21,7 +21,7 @@ def data(classes, n=N, seed=0):
 
 def config(activation, **kwargs):
     return cronos.CronosConfig(patterns=PATTERNS, beta=0.5, activation=activation, intercept=True,
-                               dtype="float64", tol=1e-8, max_iters=100, **kwargs)
+                               dtype="float64", tol=1e-10, max_iters=100, **kwargs)
 
 
 @pytest.mark.parametrize("activation, classes, source", [("relu", 3, "host"),
