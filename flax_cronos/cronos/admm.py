@@ -33,14 +33,14 @@ memory block by block (device memory then holds blocks, never X).
 Stopping. Because v is always feasible (exact projections), its objective is an upper bound,
 and a dual-feasible point built from the residual of the u-iterate gives a lower bound
 (``certificate.py``): ADMM stops when the relative duality gap is ≤ ``tol``, a certificate.
-The gap is checked ``GAP_FIRST`` iterations after a start (a warm start is often certified
-within a few iterations), then at twice the last interval, up to ``GAP_EVERY``, or beyond it
-while the gap is far (> ``FAR_GAP`` · tol): a check projects, and for small β the bound stays
-loose (the dual feasible set is thin) long after the iterate has converged. ADMM therefore
-also stops when the primal residual ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual
-ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖) (Boyd et al. 2011, §3.3) are both ≤ tol/10; in our
-measurements the objective was then within about tol/3 of the optimum. ``Stats.duality_gap``
-always reports the certified bound.
+The gap is checked ``GAP_EVERY`` iterations after a cold start and ``GAP_FIRST`` after a warm
+one (often certified within a few iterations; ``certify``), then at twice the last interval,
+up to ``GAP_EVERY``, or beyond it while the gap is far (> ``FAR_GAP`` · tol): a check
+projects, and for small β the bound stays loose (the dual feasible set is thin) long after the
+iterate has converged. ADMM therefore also stops when the primal residual
+‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖) (Boyd et al.
+2011, §3.3) are both ≤ tol/10; in our measurements the objective was then within about tol/3
+of the optimum. ``Stats.duality_gap`` always reports the certified bound.
 
 ρ: ADMM's speed here depends on ρ by orders of magnitude, and in the wrong direction for
 residual balancing (balanced residuals sat at ρ ≈ 1 where convergence stalls). ``default_rho``
@@ -69,8 +69,8 @@ from flax_cronos.cronos.rows import (RowStream, auto_mesh, gather_processes, hol
 
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
-GAP_FIRST = 10          # ADMM iterations from a start to the first duality-gap check ...
-GAP_EVERY = 50          # ... then twice the last interval, up to this many ...
+GAP_EVERY = 50          # ADMM iterations from a cold start to the first duality-gap check ...
+GAP_FIRST = 10          # ... or from a warm start; then twice the last interval, up to GAP_EVERY ...
 FAR_GAP = 10            # ... or beyond it after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
 FIRST_ACTIVE = 8        # active-set slots per group at the start; doubled when one fills up
@@ -349,12 +349,12 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
 
 def with_gap(problem: pb.Problem, state: AdmmState, tol=None) -> AdmmState:
     """The state with the duality gap of its iterate v, and when to check it next: without
-    ``tol`` (a starting state) in ``GAP_FIRST`` iterations; with it at twice the last
-    interval, capped at ``GAP_EVERY`` unless the gap is above ``FAR_GAP`` · tol."""
+    ``tol`` (a warm start) in ``GAP_FIRST`` iterations; with it at twice the last interval,
+    capped at ``GAP_EVERY`` unless the gap is above ``FAR_GAP`` · tol."""
     gap, gap_active = certificate.duality_gap(problem, state.v, state.u, state.active,
                                               _gap_projection_iters(state))
     needs_room = jnp.asarray(False) if gap_active is None else cone.any_full(gap_active)
-    if tol is None:                                                   # a starting state
+    if tol is None:                                                   # a warm start
         every = jnp.asarray(GAP_FIRST)
     else:
         doubled = 2 * state.gap_every
@@ -367,9 +367,9 @@ _with_gap = jax.jit(with_gap)
 
 
 def certify(problem: pb.Problem, state: AdmmState) -> AdmmState:
-    """``with_gap`` for a starting state, growing the active sets until its projections fit:
-    ADMM then stops before its first iteration when the start is already certified within
-    ``tol`` of the optimum (e.g. zero for β ≥ β̄)."""
+    """``with_gap`` for a warm start, growing the active sets until its projections fit: ADMM
+    then stops before its first iteration when the start is already certified within ``tol``
+    of the optimum (e.g. zero for β ≥ β̄), and checks again ``GAP_FIRST`` iterations later."""
     while True:
         state = _with_gap(problem, state)
         grown = _grow_active_sets(state, problem)
@@ -419,7 +419,7 @@ def init_state(problem: pb.Problem, config: CronosConfig,
         active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
     unknown = unknown_residual(dtype)
     return AdmmState(u=weights, v=weights, lam=lam, active=active, gap_needs_room=jnp.asarray(False),
-                     gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_FIRST), rho=rho,
+                     gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_EVERY), rho=rho,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,

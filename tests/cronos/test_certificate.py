@@ -81,13 +81,15 @@ def test_the_dual_candidate_from_u_bounds_the_true_gap_much_closer_than_the_resi
 
 
 def test_gap_checks_come_at_doubling_intervals():
-    """ADMM checks the gap GAP_FIRST iterations after a start, then at twice the last
-    interval, up to GAP_EVERY, or beyond it after a gap above FAR_GAP · tol."""
+    """ADMM checks the gap GAP_EVERY iterations after a cold start, GAP_FIRST after a warm
+    one, then at twice the last interval, up to GAP_EVERY, or beyond it after a gap above
+    FAR_GAP · tol."""
     x, y = teacher_classes(80, 5, 2, width=4, noise=0.1, seed=3)
     config = cronos.CronosConfig(patterns=6, beta=0.3, dtype="float64", max_iters=3)
     problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
-    state = admm.with_gap(problem, admm.iterate(problem, precond,
-                                                admm.init_state(problem, config), config))
+    cold = admm.init_state(problem, config)
+    assert int(cold.gap_every) == admm.GAP_EVERY
+    state = admm.with_gap(problem, admm.iterate(problem, precond, cold, config))
     gap = float(state.gap)
     assert int(state.gap_at) == int(state.iteration) == 3
     assert int(state.gap_every) == admm.GAP_FIRST
