@@ -66,24 +66,13 @@ def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters:
     return jnp.max(norms, axis=0), active
 
 
-def _residual_terms(problem: pb.Problem, v: jax.Array, u: jax.Array):
-    """In one pass over the rows, with θ₀ = Y − Fu: (Fᵀθ₀ [H, d, P, C], ‖θ₀_c‖² [C],
-    ⟨θ₀_c, Y_c⟩ [C], ‖Y − Fv‖²)."""
-    def block(rows):
-        candidate = rows.targets - pb.apply_F(rows, u)
-        return (pb.apply_Ft(rows, candidate, u.shape[0]), jnp.sum(candidate**2, axis=0),
-                jnp.sum(candidate * rows.targets, axis=0),
-                jnp.sum((rows.targets - pb.apply_F(rows, v)) ** 2))
-
-    return reduce_rows(problem, block)
-
-
 def duality_gap(problem: pb.Problem, v: jax.Array, u: jax.Array, dual_active, max_iters: int):
     """Relative duality gap of a feasible v [H, d, P, C] from the dual candidate θ₀ = Y − Fu
     (u: ADMM's u-iterate, or v itself), and its projections' active sets (``dual_active``:
     their warm start, e.g. the prox's active sets)."""
     tiny = jnp.finfo(v.dtype).tiny
-    correlations, candidate_sq, candidate_y, residual_sq = _residual_terms(problem, v, u)
+    correlations, candidate_sq, candidate_y, residual_sq = pb.residual_terms(problem, u,
+                                                                              loss_of=v)
     # a group's norm only matters above β (below it, any scale ≤ 1 is feasible)
     worst, dual_active = _dual_norms(problem, correlations, dual_active, max_iters,
                                      below=problem.beta)

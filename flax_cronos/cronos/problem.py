@@ -272,12 +272,16 @@ def targets_correlation(problem: Problem, num_halves: int) -> jax.Array:
     return reduce_rows(problem, lambda rows: apply_Ft(rows, rows.targets, num_halves))
 
 
-def residual_terms(problem: Problem, u: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def residual_terms(problem: Problem, u: jax.Array, loss_of: Optional[jax.Array] = None) -> tuple:
     """For the residual R = Y − F u of u [H, d, P, C], in one pass over the rows:
-    (Fᵀ R [H, d, P, C], ‖R_c‖² [C], ⟨R_c, Y_c⟩ [C]) per output c."""
+    (Fᵀ R [H, d, P, C], ‖R_c‖² [C], ⟨R_c, Y_c⟩ [C]), and with ``loss_of`` (weights w) also
+    ‖Y − F w‖² from the same pass."""
     def block(rows):
         residual = rows.targets - apply_F(rows, u)
-        return (apply_Ft(rows, residual, u.shape[0]), jnp.sum(residual**2, axis=0),
-                jnp.sum(residual * rows.targets, axis=0))
+        terms = (apply_Ft(rows, residual, u.shape[0]), jnp.sum(residual**2, axis=0),
+                 jnp.sum(residual * rows.targets, axis=0))
+        if loss_of is None:
+            return terms
+        return terms + (jnp.sum((rows.targets - apply_F(rows, loss_of)) ** 2),)
 
     return reduce_rows(problem, block)
