@@ -79,18 +79,22 @@ def _at(problem: pb.Problem, beta: float) -> pb.Problem:
 
 def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
              config: admm.CronosConfig) -> admm.AdmmState:
-    """The starting state of a path point: the previous point's state (zero for the first)
-    carried to the new β (ρ for the new β, same dual θ = ρλ, counters and residuals reset),
-    with its duality gap."""
+    """The starting state of a path point: zero, certified, for the first (the optimum at β̄);
+    otherwise the previous point's state carried to the new β (ρ for the new β, same dual
+    θ = ρλ, counters, residuals and gap reset) with its first gap check ``admm.GAP_FIRST``
+    iterations in. No check at the start: after a decrease of β it is far from certified, and
+    its projections, from active sets built for the previous β, cost as much as ten
+    iterations."""
     if state is None:
         return admm.certify(problem, admm.init_state(problem, config))
     rho = admm.initial_rho(problem, config)
     unknown = admm.unknown_residual(rho.dtype)
     zero = jnp.zeros_like(state.iteration)
-    state = state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
-                           pcg_iterations=zero, projection_iterations=zero,
-                           primal_residual=unknown, dual_residual=unknown)
-    return admm.certify(problem, state)
+    return state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
+                          pcg_iterations=zero, projection_iterations=zero,
+                          primal_residual=unknown, dual_residual=unknown, gap=unknown,
+                          gap_at=jnp.full_like(state.gap_at, -1),
+                          gap_every=jnp.full_like(state.gap_every, admm.GAP_FIRST))
 
 
 def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None, *,
