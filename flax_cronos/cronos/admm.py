@@ -34,9 +34,9 @@ Stopping. Because v is always feasible (exact projections), its objective is an 
 and a dual-feasible point built from the residual of the u-iterate gives a lower bound
 (``certificate.py``): ADMM stops when the relative duality gap is ≤ ``tol``, a certificate.
 The gap is checked ``GAP_EVERY`` iterations after a cold start and ``GAP_FIRST`` after a warm
-one (often certified within a few iterations; ``certify``), then at twice the last interval,
-up to ``GAP_EVERY``, or beyond it while the gap is far (> ``FAR_GAP`` · tol): a check
-projects, and for small β the bound stays loose (the dual feasible set is thin) long after the
+one (often certified within a few iterations; ``certify``), then at the same interval while the
+gap is near (≤ ``FAR_GAP`` · tol; at most ``GAP_EVERY``) and at twice it while it is far: a
+check projects, and for small β the bound stays loose (the dual feasible set is thin) long after the
 iterate has converged. ADMM therefore also stops when the primal residual
 ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖) (Boyd et al.
 2011, §3.3) are both ≤ tol/10; in our measurements the objective was then within about tol/3
@@ -70,8 +70,8 @@ from flax_cronos.cronos.rows import (RowStream, auto_mesh, gather_processes, hol
 RELAXATION = 1.6        # over-relaxation α (Boyd et al. 2011, §3.4.3)
 CHUNK = 50              # ADMM iterations per device call between progress reports
 GAP_EVERY = 50          # ADMM iterations from a cold start to the first duality-gap check ...
-GAP_FIRST = 10          # ... or from a warm start; then twice the last interval, up to GAP_EVERY ...
-FAR_GAP = 10            # ... or beyond it after a gap above FAR_GAP · tol
+GAP_FIRST = 10          # ... or from a warm start; the same interval again (at most GAP_EVERY) ...
+FAR_GAP = 10            # ... or twice it after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 200  # Lawson–Hanson iterations per cone projection, at most
 FIRST_ACTIVE = 8        # active-set slots per group at the start; doubled when one fills up
 MAX_ACTIVE = 512        # ... up to this many (or d, or n)
@@ -349,16 +349,17 @@ def run_admm(problem: pb.Problem, precond: NystromApprox, state: AdmmState, tol,
 
 def with_gap(problem: pb.Problem, state: AdmmState, tol=None) -> AdmmState:
     """The state with the duality gap of its iterate v, and when to check it next: without
-    ``tol`` (a warm start) in ``GAP_FIRST`` iterations; with it at twice the last interval,
-    capped at ``GAP_EVERY`` unless the gap is above ``FAR_GAP`` · tol."""
+    ``tol`` (a warm start) in ``GAP_FIRST`` iterations; with it at twice the last interval
+    after a gap above ``FAR_GAP`` · tol, otherwise at the same one (at most ``GAP_EVERY``):
+    a warm start near its optimum is checked every ``GAP_FIRST`` iterations."""
     gap, gap_active = certificate.duality_gap(problem, state.v, state.u, state.active,
                                               _gap_projection_iters(state))
     needs_room = jnp.asarray(False) if gap_active is None else cone.any_full(gap_active)
     if tol is None:                                                   # a warm start
         every = jnp.asarray(GAP_FIRST)
     else:
-        doubled = 2 * state.gap_every
-        every = jnp.where(gap > FAR_GAP * tol, doubled, jnp.minimum(doubled, GAP_EVERY))
+        every = jnp.where(gap > FAR_GAP * tol, 2 * state.gap_every,
+                          jnp.minimum(state.gap_every, GAP_EVERY))
     return state._replace(gap=gap, gap_needs_room=needs_room, gap_at=state.iteration,
                           gap_every=every)
 
