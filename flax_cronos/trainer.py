@@ -62,7 +62,8 @@ class AlternatingConfig:
             trains; the rest (always the head) stays fixed.
         warm_start: start each solve from the previous round's head instead of zero.
         auto_beta: choose β at round 0 on a warm-started path (``cronos.solve_path``, 20% of
-            the training rows held out) and keep it; otherwise ``CronosConfig.beta``.
+            the training rows held out) and keep it (the default: no β to tune); False uses
+            ``CronosConfig.beta``.
         feature_batch_size: rows per device call when extracting features and evaluating.
         seed: parameters, gates, sketches and data order.
         max_to_keep: latest checkpoints kept (the best one by validation accuracy is kept too).
@@ -74,7 +75,7 @@ class AlternatingConfig:
     loss: str = "mse"
     trainable: str = r"^backbone/"
     warm_start: bool = False
-    auto_beta: bool = False
+    auto_beta: bool = True
     feature_batch_size: int = 1024
     seed: int = 0
     max_to_keep: int = 3

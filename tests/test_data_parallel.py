@@ -29,7 +29,7 @@ def trainer(rounds, mesh=None, batch_size=32):
         cronos.CronosConfig(patterns=4, beta=0.1, activation="gated_relu", dtype="float64",
                             tol=1e-6, max_iters=2000),
         AlternatingConfig(rounds=rounds, steps_per_round=4, batch_size=batch_size,
-                          feature_batch_size=64),
+                          feature_batch_size=64, auto_beta=False),
         mesh=mesh)
 
 

@@ -35,7 +35,8 @@ def small_data(n=240, classes=3, seed=0):
 
 
 def trainer(rounds=2, **overrides):
-    settings = dict(rounds=rounds, steps_per_round=4, batch_size=32, warm_start=True)
+    settings = dict(rounds=rounds, steps_per_round=4, batch_size=32, warm_start=True,
+                    auto_beta=False)
     settings.update(overrides)
     return AlternatingTrainer(MLP(widths=(12,)),
                               cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=300),
@@ -52,7 +53,7 @@ def test_round_zero_head_is_the_global_optimum_on_the_backbone_features():
     am = AlternatingTrainer(MLP(widths=(8,)),
                             cronos.CronosConfig(patterns=3, beta=0.1, max_iters=20000, tol=1e-5,
                                                 dtype="float64"),
-                            AlternatingConfig(rounds=0))
+                            AlternatingConfig(rounds=0, auto_beta=False))
     result = am.fit(train, val, progress=False)
     features = np.asarray(MLP(widths=(8,)).apply({"params": result.params["backbone"]}, train[0]),
                           np.float64)
@@ -70,11 +71,32 @@ def test_round_zero_head_is_the_global_optimum_on_the_backbone_features():
                                                                  val[0]))) == val[1]))
 
 
+def test_by_default_round_zero_chooses_beta_on_a_path_of_its_features():
+    """The default config picks β on a warm-started path over the round-0 features (20% of
+    the training rows held out) and keeps it: the recorded β is the path's best point, and
+    the head is the path's refit on all the training rows."""
+    train, val = small_data()
+    config = cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=300)
+    am = AlternatingTrainer(MLP(widths=(12,)), config,
+                            AlternatingConfig(rounds=1, steps_per_round=4, batch_size=32))
+    assert am.config.auto_beta
+    state = am.initial_state(train[0], 3)[2]
+    result = am.fit(train, val, progress=False)
+    features = am.features(result.network, state["params"], train[0])
+    key = jax.random.fold_in(jax.random.key(am.config.seed), 0)
+    path = cronos.solve_path(features, train[1], config, key=key,
+                             gates=result.params["head"]["gates"])
+    best = path.points[path.best_index]
+    assert best.val_metric == max(point.val_metric for point in path.points)
+    assert best.beta != config.beta
+    assert [r["beta"] for r in result.history] == pytest.approx([best.beta, best.beta])
+
+
 def test_optax_trains_only_the_parameters_the_regex_selects():
     train, val = small_data()
     am = AlternatingTrainer(MLP(widths=(12, 10)), cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=50),
                             AlternatingConfig(rounds=2, steps_per_round=5, batch_size=32,
-                                              trainable=r"^backbone/Dense_1/"))
+                                              trainable=r"^backbone/Dense_1/", auto_beta=False))
     initial = leaves(am.initial_state(train[0], 3)[2]["params"])
     final = leaves(am.fit(train, val, progress=False).params)
     assert np.array_equal(final["['backbone']['Dense_0']['kernel']"],
@@ -112,7 +134,7 @@ def test_changed_settings_refuse_to_resume_but_more_rounds_extend_the_run(tmp_pa
     other = AlternatingTrainer(MLP(widths=(12,)),
                                cronos.CronosConfig(patterns=6, beta=1e-2, max_iters=300),
                                AlternatingConfig(rounds=1, steps_per_round=4, batch_size=32,
-                                                 warm_start=True))
+                                                 warm_start=True, auto_beta=False))
     with pytest.raises(ValueError, match="cronos.patterns: run has 4, now 6"):
         other.fit(train, val, workdir=tmp_path, progress=False)
 
@@ -264,13 +286,13 @@ def test_given_backbone_params_are_the_starting_point_and_are_checked():
     backbone = MLP(widths=(12,))
     start = backbone.init(jax.random.key(7), train[0][:1])["params"]
     am = AlternatingTrainer(backbone, cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=20),
-                            AlternatingConfig(rounds=0), backbone_params=start)
+                            AlternatingConfig(rounds=0, auto_beta=False), backbone_params=start)
     result = am.fit(train, val, progress=False)
     np.testing.assert_array_equal(result.params["backbone"]["Dense_0"]["kernel"],
                                   start["Dense_0"]["kernel"])
     wrong = MLP(widths=(5,)).init(jax.random.key(7), train[0][:1])["params"]
     with pytest.raises(ValueError, match="do not fit the backbone: Dense_0/kernel"):
-        AlternatingTrainer(backbone, config=AlternatingConfig(rounds=0),
+        AlternatingTrainer(backbone, config=AlternatingConfig(rounds=0, auto_beta=False),
                            backbone_params=wrong).fit(train, val, progress=False)
 
 
@@ -287,7 +309,8 @@ def test_augmentation_reaches_the_backbone_steps_but_never_the_solves():
 
     def run(augment):
         am = AlternatingTrainer(MLP(widths=(12,)), cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=50),
-                                AlternatingConfig(rounds=1, steps_per_round=5, batch_size=32),
+                                AlternatingConfig(rounds=1, steps_per_round=5, batch_size=32,
+                                                  auto_beta=False),
                                 optimizer=optax.sgd(0.1), augment=augment)
         initial = leaves(am.initial_state(train[0], 3)[2]["params"])
         return initial, am.fit(train, val, progress=False)
