@@ -73,8 +73,8 @@ def test_round_zero_head_is_the_global_optimum_on_the_backbone_features():
 
 def test_by_default_round_zero_chooses_beta_on_a_path_of_its_features():
     """The default config picks β on a warm-started path over the round-0 features (20% of
-    the training rows held out) and keeps it: the recorded β is the path's best point, and
-    the head is the path's refit on all the training rows."""
+    the training rows held out) and keeps it: every round records the β that an independent
+    ``solve_path`` on those features chooses, not ``CronosConfig.beta``."""
     train, val = small_data()
     config = cronos.CronosConfig(patterns=4, beta=1e-2, max_iters=300)
     am = AlternatingTrainer(MLP(widths=(12,)), config,

@@ -36,8 +36,8 @@ and a dual-feasible point built from the residual of the u-iterate gives a lower
 The gap is checked ``GAP_EVERY`` iterations after a cold start and ``GAP_FIRST`` after a warm
 one (often certified within a few iterations; ``certify``), then at the same interval while the
 gap is near (≤ ``FAR_GAP`` · tol; at most ``GAP_EVERY``) and at twice it while it is far: a
-check projects, and for small β the bound stays loose (the dual feasible set is thin) long after the
-iterate has converged. ADMM therefore also stops when the primal residual
+check projects, and for small β the bound stays loose (the dual feasible set is thin) long
+after the iterate has converged. ADMM therefore also stops when the primal residual
 ‖u − v‖ / max(‖u‖, ‖v‖) and the dual residual ρ‖v − v_prev‖ / max(ρ‖λ‖, ‖FᵀY‖) (Boyd et al.
 2011, §3.3) are both ≤ tol/10; in our measurements the objective was then within about tol/3
 of the optimum. ``Stats.duality_gap`` always reports the certified bound.

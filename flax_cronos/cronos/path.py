@@ -5,11 +5,12 @@
 ``solve_path`` solves β_1 = β̄ > β_2 > … > β_K = β̄·ratio (a log grid). Each point starts from
 the previous one's ADMM state (iterates, scaled dual, active sets of the cone projections);
 the first, zero, is certified without an iteration (the optimum at β̄), the others check their
-gap ``admm.GAP_FIRST`` iterations in and then as often while it is near; the patterns and the Nyström sketch, which do not depend on β, are built once. β is chosen by the
-validation metric (accuracy, or mean squared error for regression; ties go to the larger β).
-Without validation data, a seeded random ``holdout`` fraction of the training rows is held out
-for the choice, and the chosen β is then solved again on all the training rows, warm-started
-from its path point.
+gap ``admm.GAP_FIRST`` iterations in and then as often while it is near. The patterns and the
+Nyström sketch, which do not depend on β, are built once. β is chosen by the validation metric
+(accuracy, or mean squared error for regression; ties go to the larger β). Without validation
+data, a seeded random ``holdout`` fraction of the training rows is held out for the choice,
+and the chosen β is then solved again on all the training rows, warm-started from its path
+point.
 
 Screening. ADMM's tail is linear: a warm start a factor δ closer to the optimum saves only
 log δ of the log(1/tol) iterations a point needs, so 16 points solved to the final tolerance
