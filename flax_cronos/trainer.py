@@ -25,6 +25,7 @@ mesh. Checkpoints hold the arrays, not their placement: a run resumes on any dev
 import dataclasses
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -45,8 +46,8 @@ from flax_cronos.parallel import DataParallel
 from flax_cronos.run_log import RunLog
 from flax_cronos.training import (LOSSES, Augment, accuracy, apply_in_batches, compiled,
                                   describe, loss_value, minibatch, no_augmentation,
-                                  num_rows, optax_step, partitioned, supervised_loss, take,
-                                  trainable_labels)
+                                  num_rows, optax_step, partitioned, skip_zero_gradients,
+                                  supervised_loss, take, trainable_labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +273,8 @@ class AlternatingTrainer:
         c = self.config
         network = self.network(outputs)
         params = self._initial_params(network, take(inputs, slice(0, 1)), jax.random.key(c.seed))
-        optimizer = partitioned(self.optimizer, backbone_labels(params, c.trainable))
+        optimizer = partitioned(skip_zero_gradients(self.optimizer),
+                                backbone_labels(params, c.trainable))
         state = {"params": params, "opt_state": optimizer.init(params),
                  "rng": jax.random.key_data(jax.random.key(c.seed)),
                  "round": jnp.asarray(-1), "step": jnp.asarray(0)}
@@ -329,6 +331,12 @@ class AlternatingTrainer:
             return state, None
         c = self.config
         params, opt_state = state["params"], state["opt_state"]
+        if not any(np.any(np.asarray(weights)) for name, weights in params["head"].items()
+                   if name != "gates"):
+            warnings.warn(f"round {round_}: the convex head is zero (β is at or above β̄ of these "
+                          "features; with auto_beta, the held-out rows preferred a constant "
+                          "prediction), so no output depends on the backbone and its "
+                          f"{c.steps_per_round} steps change nothing", RuntimeWarning)
         first = int(state["step"])
         losses = []
         for step in tqdm(range(first, first + c.steps_per_round), desc=f"round {round_} backbone",

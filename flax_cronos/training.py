@@ -143,6 +143,26 @@ def partitioned(optimizer: optax.GradientTransformation,
     return optax.partition({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
+def skip_zero_gradients(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer``, except that a gradient that is zero everywhere leaves the parameters and
+    the optimizer state as they are (a zero update), as D-Adaptation's reference code does.
+
+    CRONOS-AM's backbone gets such a gradient whenever the convex head is zero (β at or above
+    β̄ of its features): no output depends on the features. Optax's ``dadapt_adamw`` (the
+    trainer's default) then divides 0 by 0 in its step-size estimate, and the NaN it stores
+    would poison every later step.
+    """
+    optimizer = optax.with_extra_args_support(optimizer)
+
+    def update(updates, state, params=None, **extra_args):
+        nonzero = jnp.any(jnp.stack([jnp.any(leaf != 0) for leaf in jax.tree.leaves(updates)]))
+        return jax.lax.cond(
+            nonzero, lambda: optimizer.update(updates, state, params, **extra_args),
+            lambda: (jax.tree.map(jnp.zeros_like, updates), state))
+
+    return optax.GradientTransformationExtraArgs(optimizer.init, update)
+
+
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 

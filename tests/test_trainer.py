@@ -273,6 +273,43 @@ def test_losses_match_their_closed_forms():
     assert float(loss_value(many, np.eye(4)[classes], "cross_entropy")) == pytest.approx(expected)
 
 
+def test_a_zero_gradient_step_leaves_parameters_and_optimizer_state_unchanged():
+    """D-Adapt AdamW (the trainer's default) wrapped by ``skip_zero_gradients``: a zero gradient
+    first, then g, gives exactly the update of g alone, with a finite state."""
+    import optax
+    from flax_cronos.training import skip_zero_gradients
+    params = {"a": np.ones(3, np.float32), "b": np.full((2, 2), 0.5, np.float32)}
+    gradient = {"a": np.array([0.1, -0.2, 0.3], np.float32), "b": np.eye(2, dtype=np.float32)}
+    zero = jax.tree.map(np.zeros_like, gradient)
+    plain = optax.contrib.dadapt_adamw(1.0)
+    guarded = skip_zero_gradients(plain)
+    state = guarded.init(params)
+    updates, state = guarded.update(zero, state, params)
+    assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+    updates, state = guarded.update(gradient, state, params)
+    expected, expected_state = plain.update(gradient, plain.init(params), params)
+    for got, want in zip(jax.tree.leaves((updates, state)), jax.tree.leaves((expected, expected_state))):
+        np.testing.assert_array_equal(got, want)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
+
+
+def test_a_zero_head_leaves_the_backbone_as_it_is_and_says_why():
+    """β above β̄ makes the head zero, so the backbone's gradient is zero: with the default
+    D-Adapt AdamW the backbone stays exactly at its start (no NaN), with a warning."""
+    train, val = small_data(classes=2)
+    am = AlternatingTrainer(MLP(widths=(12,)), cronos.CronosConfig(patterns=4, beta=1e6),
+                            AlternatingConfig(rounds=2, steps_per_round=3, batch_size=32,
+                                              auto_beta=False))
+    initial = leaves(am.initial_state(train[0], 1)[2]["params"]["backbone"])
+    with pytest.warns(RuntimeWarning, match="round 1: the convex head is zero"):
+        result = am.fit(train, val, progress=False)
+    final = leaves(result.params["backbone"])
+    for name, value in initial.items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)
+    assert not np.any(np.asarray(result.params["head"]["v"]))
+    assert [r["round"] for r in result.history] == [0, 1, 2]
+
+
 def test_cross_entropy_training_runs_and_lowers_its_loss():
     train, val = small_data()
     result = trainer(rounds=3, loss="cross_entropy", steps_per_round=10).fit(train, val,
