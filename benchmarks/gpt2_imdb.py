@@ -75,16 +75,15 @@ def last_block(network) -> str:
 
 
 def heads(args, network, params, train, test) -> dict:
-    x, seconds = timed_features(network, params, train[0], args.feature_batch_size)
+    x, train_seconds = timed_features(network, params, train[0], args.feature_batch_size)
     x_test, test_seconds = timed_features(network, params, test[0], args.feature_batch_size)
-    tokens = sum(int(tokens["attention_mask"].sum()) for tokens in (train[0], test[0]))
-    positions = sum(tokens["input_ids"].size for tokens in (train[0], test[0]))
-    rate = tokens / (seconds + test_seconds)
-    log(f"features {x.shape} + {x_test.shape}: {rate:,.0f} tokens/s "
-        f"({positions / (seconds + test_seconds):,.0f} positions/s with padding)")
-    results = {"feature_tokens_per_second": rate,
-               "feature_positions_per_second": positions / (seconds + test_seconds),
-               "feature_seconds": seconds + test_seconds,
+    seconds = train_seconds + test_seconds
+    tokens = sum(int(split[0]["attention_mask"].sum()) for split in (train, test))
+    positions = sum(split[0]["input_ids"].size for split in (train, test))
+    log(f"features {x.shape} + {x_test.shape}: {tokens / seconds:,.0f} tokens/s "
+        f"({positions / seconds:,.0f} positions/s with padding)")
+    results = {"feature_tokens_per_second": tokens / seconds,
+               "feature_positions_per_second": positions / seconds, "feature_seconds": seconds,
                **frozen_heads(args, x, train[1], x_test, test[1], HEAD_LEARNING_RATES)}
     results["target"] = {name: target(results[name], results["adamw"])
                          for name in ("convex", "convex_fixed_beta")}
