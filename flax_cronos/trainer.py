@@ -160,7 +160,8 @@ class AlternatingTrainer:
         cronos_config: settings of the head and its solves.
         config: settings of the alternation.
         optimizer: the backbone's Optax optimizer (default ``default_optimizer()``); the
-            frozen parameters are masked with ``optax.partition``.
+            frozen parameters are masked with ``optax.partition``, and a step whose gradient
+            is zero everywhere (a zero head) is skipped (``training.skip_zero_gradients``).
         backbone_params: starting parameters of the backbone (e.g. a pretrained GPT-2 from
             ``models.gpt2.load_pretrained``); default: ``backbone.init`` with the seed.
         augment: ``augment(key, inputs) → inputs`` applied (jitted) to each minibatch of the
