@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from flax_cronos import cronos
@@ -23,6 +24,7 @@ from flax_cronos.cronos.admm import prepare
 from flax_cronos.data.synthetic import teacher_classes
 from flax_cronos.models import MLP
 from flax_cronos.trainer import AlternatingConfig, AlternatingTrainer
+from flax_cronos.training import skip_zero_gradients
 from tests.reference import cvxpy_solve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,8 +278,6 @@ def test_losses_match_their_closed_forms():
 def test_a_zero_gradient_step_leaves_parameters_and_optimizer_state_unchanged():
     """D-Adapt AdamW (the trainer's default) wrapped by ``skip_zero_gradients``: a zero gradient
     first, then g, gives exactly the update of g alone, with a finite state."""
-    import optax
-    from flax_cronos.training import skip_zero_gradients
     params = {"a": np.ones(3, np.float32), "b": np.full((2, 2), 0.5, np.float32)}
     gradient = {"a": np.array([0.1, -0.2, 0.3], np.float32), "b": np.eye(2, dtype=np.float32)}
     zero = jax.tree.map(np.zeros_like, gradient)
@@ -288,7 +288,8 @@ def test_a_zero_gradient_step_leaves_parameters_and_optimizer_state_unchanged():
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
     updates, state = guarded.update(gradient, state, params)
     expected, expected_state = plain.update(gradient, plain.init(params), params)
-    for got, want in zip(jax.tree.leaves((updates, state)), jax.tree.leaves((expected, expected_state))):
+    for got, want in zip(jax.tree.leaves((updates, state)),
+                         jax.tree.leaves((expected, expected_state))):
         np.testing.assert_array_equal(got, want)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
 
