@@ -150,10 +150,11 @@ def run_train(args, overrides: dict) -> int:
 
 
 def _print_round(record: dict) -> None:
+    """One line per round; round 0 made no backbone step, so it has no train_loss."""
+    loss = "" if record["train_loss"] is None else f"train_loss={record['train_loss']:.4g} "
     print(f"  round {record['round']}: val_accuracy={record.get('val_accuracy', float('nan')):.4f} "
-          f"train_loss={record['train_loss'] or float('nan'):.4g} beta={record['beta']:.3g} "
-          f"admm={record['admm_iterations']} ({record['status'].lower()}) "
-          f"{record['seconds']:.1f}s", file=sys.stderr, flush=True)
+          f"{loss}beta={record['beta']:.3g} admm={record['admm_iterations']} "
+          f"({record['status'].lower()}) {record['seconds']:.1f}s", file=sys.stderr, flush=True)
 
 
 def run_pretrain(args, overrides: dict) -> int:

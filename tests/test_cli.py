@@ -199,3 +199,14 @@ def test_cnn_imagenet_recipe_with_frozen_pretrained_efficientnet_is_one_convex_s
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [record["round"] for record in history] == [0]
     assert history[0]["val_accuracy"] > 1 / 3           # ImageNet features separate 3 classes
+
+
+def test_round_lines_leave_out_the_loss_that_round_zero_does_not_have(capsys):
+    from flax_cronos.cli import _print_round
+    record = {"round": 0, "val_accuracy": 0.5, "train_loss": None, "beta": 0.1,
+              "admm_iterations": 5, "status": "CONVERGED", "seconds": 1.0}
+    _print_round(record)
+    _print_round({**record, "round": 1, "train_loss": 0.25})
+    first, second = capsys.readouterr().err.splitlines()
+    assert "train_loss" not in first and "nan" not in first
+    assert "round 1: val_accuracy=0.5000 train_loss=0.25 beta=0.1 admm=5 (converged)" in second
