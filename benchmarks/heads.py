@@ -30,6 +30,7 @@ import optax
 
 from flax_cronos import cronos, models
 from flax_cronos.baseline import train_end_to_end
+from flax_cronos.cronos.problem import encode_targets
 from flax_cronos.trainer import AlternatingConfig, Network
 from flax_cronos.training import apply_in_batches, take
 from timing import TimedTrainer, compile_seconds
@@ -64,9 +65,9 @@ def parse_args(parser: argparse.ArgumentParser, *, quick: dict, out: str, head_e
 
 
 def outputs(labels: np.ndarray) -> int:
-    """Outputs of a head for these class labels: one (±1 targets) for two classes, else C."""
-    classes = int(np.max(labels)) + 1
-    return 1 if classes == 2 else classes
+    """Outputs of a head for these class labels, as the convex program encodes them (one ±1
+    output for two classes, else C)."""
+    return encode_targets(labels, "classification", len(labels))[0].shape[1]
 
 
 def timed_features(network, params, inputs, batch_size: int) -> tuple[np.ndarray, float]:
@@ -103,6 +104,15 @@ def convex_head_fixed_beta(x, y, x_test, y_test, patterns: int, beta: float = 1e
             "seconds": seconds, "beta": beta, "admm_iterations": solution.stats.iterations}
 
 
+def best_of(runs: list[dict]) -> dict:
+    """The learning-rate grid's best run (by its best test accuracy), its seconds and the
+    whole grid's."""
+    best = max(runs, key=lambda r: r["best_test_accuracy"])
+    return {"test_accuracy": best["best_test_accuracy"], "seconds": best["seconds"],
+            "grid_seconds": sum(r["seconds"] for r in runs),
+            "learning_rate": best["learning_rate"], "grid": runs}
+
+
 def adamw_heads(x, y, x_test, y_test, *, width: int, epochs: int, batch_size: int,
                 learning_rates: list[float]) -> dict:
     batch = min(batch_size, len(x))
@@ -118,10 +128,7 @@ def adamw_heads(x, y, x_test, y_test, *, width: int, epochs: int, batch_size: in
                      "best_test_accuracy": max(r["val_accuracy"] for r in history),
                      "final_test_accuracy": history[-1]["val_accuracy"],
                      "seconds": history[-1]["seconds"]})
-    best = max(runs, key=lambda r: r["best_test_accuracy"])
-    return {"test_accuracy": best["best_test_accuracy"], "seconds": best["seconds"],
-            "grid_seconds": sum(r["seconds"] for r in runs),
-            "learning_rate": best["learning_rate"], "grid": runs}
+    return best_of(runs)
 
 
 def logistic_regression(x, y, x_test, y_test, iterations: int = 300) -> dict:
@@ -214,10 +221,7 @@ def adamw_fine_tuning(args, network, params, train, test, trainable: str,
                      "seconds": history[-1]["seconds"]})
         log(f"AdamW fine-tuning lr {lr:.0e}: {runs[-1]['best_test_accuracy']:.3f} "
             f"in {runs[-1]['seconds']:.1f}s")
-    best = max(runs, key=lambda r: r["best_test_accuracy"])
-    return {"test_accuracy": best["best_test_accuracy"], "seconds": best["seconds"],
-            "grid_seconds": sum(r["seconds"] for r in runs),
-            "learning_rate": best["learning_rate"], "grid": runs}
+    return best_of(runs)
 
 
 def fine_tuning(args, network, params, train, test, trainable: str,
