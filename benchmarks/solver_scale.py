@@ -59,8 +59,9 @@ def labels(x) -> np.ndarray:
 
 
 def device_bytes(problem, precond, state, config) -> int:
-    """Peak over the sketch and ADMM programs of XLA's arguments + outputs + temporaries."""
-    programs = (admm.sketch_preconditioner.lower(problem, jax.random.key(0), rank=config.rank),
+    """Peak over the preconditioner's and ADMM's programs of XLA's arguments + outputs + temporaries."""
+    programs = (admm.build_preconditioner.lower(problem, jax.random.key(0),
+                                                kind=config.preconditioner, rank=config.rank),
                 admm.run_admm.lower(problem, precond, state, config.tol, config.max_iters,
                                     settings=admm.settings_of(config)))
     sizes = []
@@ -90,7 +91,8 @@ def run_point(n: int, mode: str, repeats: int, max_iters: int, block_rows: int) 
         problem, _, gates = admm.prepare(x, y, config, key=jax.random.key(0), **placement)
 
         def solve():
-            precond = admm.sketch_preconditioner(problem, jax.random.key(1), config.rank)
+            precond = admm.build_preconditioner(problem, jax.random.key(1), config.preconditioner,
+                                                config.rank)
             state = admm.iterate(problem, precond, admm.init_state(problem, config), config)
             jax.block_until_ready(state)
             return admm.finish(problem, state, gates, config, 0.0), precond, state

@@ -27,7 +27,12 @@ def _solver_arguments(parser: argparse.ArgumentParser) -> None:
                              "with β chosen on the validation data")
     parser.add_argument("--rho", type=float, default=None,
                         help="ADMM penalty on the normalised data; default: chosen from the data")
-    parser.add_argument("--rank", type=int, default=defaults.rank, help="Nyström rank")
+    parser.add_argument("--preconditioner", choices=("kronecker", "nystrom"),
+                        default=defaults.preconditioner,
+                        help="of the u-step's conjugate gradients: H ≈ A ⊗ XᵀX (default) or the "
+                             "paper's Nyström sketch")
+    parser.add_argument("--rank", type=int, default=defaults.rank,
+                        help="Nyström rank (with --preconditioner nystrom)")
     parser.add_argument("--max-iters", type=int, default=defaults.max_iters)
     parser.add_argument("--tol", type=float, default=defaults.tol,
                         help="relative duality gap to stop at (or a tenth of it for the residuals)")
@@ -212,7 +217,8 @@ def _config_from(args):
         jax.config.update("jax_enable_x64", True)
     beta = CronosConfig.beta if args.beta == "auto" else args.beta
     return CronosConfig(patterns=args.patterns, beta=beta, activation=args.activation,
-                        task=args.task, intercept=args.intercept, rho=args.rho, rank=args.rank,
+                        task=args.task, intercept=args.intercept, rho=args.rho,
+                        preconditioner=args.preconditioner, rank=args.rank,
                         max_iters=args.max_iters, tol=args.tol, dtype=args.dtype)
 
 

@@ -26,23 +26,25 @@ def reference_objective(x, y, gates, beta, activation, intercept=True):
     return cvxpy_solve(features, targets, gates, beta, activation)[0]
 
 
-CASES = [  # activation, classes, beta, dtype
-    ("relu", 2, 1.0, "float64"),
-    ("relu", 2, 0.05, "float64"),
-    ("relu", 3, 0.5, "float64"),
-    ("gated_relu", 2, 1.0, "float64"),
-    ("gated_relu", 3, 0.5, "float64"),
-    ("relu", 2, 1.0, "float32"),
-    ("gated_relu", 3, 0.5, "float32"),
+CASES = [  # activation, classes, beta, dtype, preconditioner
+    ("relu", 2, 1.0, "float64", "kronecker"),
+    ("relu", 2, 0.05, "float64", "kronecker"),
+    ("relu", 3, 0.5, "float64", "kronecker"),
+    ("gated_relu", 2, 1.0, "float64", "kronecker"),
+    ("gated_relu", 3, 0.5, "float64", "kronecker"),
+    ("relu", 2, 1.0, "float32", "kronecker"),
+    ("gated_relu", 3, 0.5, "float32", "kronecker"),
+    ("relu", 3, 0.5, "float64", "nystrom"),
+    ("gated_relu", 3, 0.5, "float32", "nystrom"),
 ]
 
 
-@pytest.mark.parametrize("activation, classes, beta, dtype", CASES)
-def test_objective_matches_cvxpy(activation, classes, beta, dtype):
+@pytest.mark.parametrize("activation, classes, beta, dtype, preconditioner", CASES)
+def test_objective_matches_cvxpy(activation, classes, beta, dtype, preconditioner):
     x, y = data(classes)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=beta, activation=activation, intercept=True,
                                  dtype=dtype, tol=1e-7 if dtype == "float64" else 1e-4,
-                                 max_iters=20_000)
+                                 max_iters=20_000, preconditioner=preconditioner)
     solution = cronos.solve(x, y, config, key=jax.random.key(1))
     expected = reference_objective(x, y, np.asarray(solution.params.gates, np.float64), beta, activation)
     rtol = 1e-4 if dtype == "float64" else 1e-3
@@ -116,6 +118,26 @@ def test_float32_on_rank_deficient_features_stays_finite(activation):
     assert solution.status != cronos.SolveStatus.NONFINITE
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(solution.params))
     assert np.isfinite(solution.stats.objective)
+
+
+def test_residual_test_waits_for_the_second_iteration_after_a_warm_start():
+    """A warm start's first u-step is an exact fixed point (λ = Fᵀ(Y − Fv)/ρ), so PCG does
+    nothing and at a slightly smaller β the residuals look converged after one iteration: the
+    solve must not stop there on them."""
+    from flax_cronos.cronos import admm
+
+    x, y = data(2, seed=10)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0, dtype="float64", tol=1e-9,
+                                 max_iters=20_000)
+    start = cronos.solve(x, y, config, key=jax.random.key(0))
+    nearby = dataclasses.replace(config, beta=0.9999, tol=1e-3)
+    problem, precond, _ = admm.prepare(x, y, nearby, key=jax.random.key(0))
+    state = admm.init_state(problem, nearby, start.params)
+    once = admm.run_admm(problem, precond, state, 0.0, 1, admm.settings_of(nearby))
+    assert int(once.pcg_iterations) == 0
+    assert max(float(once.primal_residual), float(once.dual_residual)) <= nearby.tol / 10
+    assert not bool(admm.converged(once, nearby.tol))
+    assert bool(admm.converged(once._replace(iteration=once.iteration + 1), nearby.tol))
 
 
 def test_throw_raises_when_not_converged():

@@ -88,9 +88,10 @@ def all_gather_sizes(hlo: str) -> list[int]:
 
 
 def test_compiled_admm_never_gathers_rows():
-    """The compiled ADMM loop (u-step PCG, cone projections, duality gap) and the Nyström sketch
-    on sharded rows all-gather nothing of size n/8 or more: X, the masks, the targets and every
-    [n, ·] intermediate stay sharded; only [d, P]-sized partial results cross devices."""
+    """The compiled ADMM loop (u-step PCG, cone projections, duality gap) and both
+    preconditioners on sharded rows all-gather nothing of size n/8 or more: X, the masks, the
+    targets and every [n, ·] intermediate stay sharded; only [d, P]-sized partial results cross
+    devices."""
     x, y = data(2)
     settings = config("relu")
     problem, precond, _ = admm.prepare(x, y, settings, key=jax.random.key(1), mesh=rows.row_mesh())
@@ -98,10 +99,11 @@ def test_compiled_admm_never_gathers_rows():
     state = admm.init_state(problem, settings)
     loop = admm.run_admm.lower(problem, precond, state, 1e-8, 60,
                                settings=admm.settings_of(settings)).compile().as_text()
-    sketch = admm.sketch_preconditioner.lower(problem, jax.random.key(0),
-                                              rank=settings.rank).compile().as_text()
+    preconditioners = [admm.build_preconditioner.lower(problem, jax.random.key(0), kind=kind,
+                                                       rank=settings.rank).compile().as_text()
+                       for kind in admm.PRECONDITIONERS]
     rows_per_device = problem.num_rows // 8
-    for hlo in (loop, sketch):
+    for hlo in (loop, *preconditioners):
         assert "all-reduce" in hlo
         assert all(size < rows_per_device for size in all_gather_sizes(hlo))
 
