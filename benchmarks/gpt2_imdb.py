@@ -18,10 +18,11 @@ initialised ``--size`` GPT-2. Reviews from ``data.load_imdb`` (``--data``: a par
    convex head (β chosen on a holdout of the training rows; and the paper's fixed β with 10
    ADMM iterations) against an AdamW ``TwoLayerHead`` over a 5-point log grid 1e-4 … 1e-1,
    ``--head-epochs`` 30 epochs of batch 1024 (the paper's GPT-2 protocol, docs/cronos.md
-   §4.2), and logistic regression. The target, checked for both convex heads: a test accuracy
-   at least the tuned AdamW head's, in a tenth of its time, where the AdamW head's time is
-   its whole grid (tuning included, as in the paper's plots) and, more strictly, its best
-   run alone.
+   §4.2), tuned on the convex head's holdout (fair) and on the test set (optimistic), and
+   logistic regression. The target, checked for both convex heads against both AdamW heads:
+   a test accuracy at least the tuned AdamW head's, in a tenth of its time, where the AdamW
+   head's time is its whole grid (tuning included, as in the paper's plots) and, more
+   strictly, its chosen run alone.
 2. **Fine-tuning** (``heads.fine_tuning``) the blocks ``--trainable`` selects (default the last
    block and the final LayerNorm) on ``--fine-tune-train-size`` training reviews, evaluated on
    ``--fine-tune-test-size`` test reviews: CRONOS-AM against AdamW over a 3-point grid.
@@ -85,8 +86,9 @@ def heads(args, network, params, train, test) -> dict:
     results = {"feature_tokens_per_second": tokens / seconds,
                "feature_positions_per_second": positions / seconds, "feature_seconds": seconds,
                **frozen_heads(args, x, train[1], x_test, test[1], HEAD_LEARNING_RATES)}
-    results["target"] = {name: target(results[name], results["adamw"])
-                         for name in ("convex", "convex_fixed_beta")}
+    results["target"] = {f"{convex} vs {adamw}": target(results[convex], results[adamw])
+                         for convex in ("convex", "convex_fixed_beta")
+                         for adamw in ("adamw", "adamw_tuned_on_test")}
     log(f"target: {results['target']}")
     return results
 

@@ -1,7 +1,7 @@
 """Solver benchmark: flax-cronos against pyscnn and CVXPY on the same cone-constrained instances.
 
     python benchmarks/solver.py [--sizes 400,4000,20000] [--throughput-sizes 4000,20000,50000]
-        [--scnn-python PATH/bin/python]
+        [--preconditioner kronecker|nystrom] [--scnn-python PATH/bin/python]
 
 Instances: teacher-labelled Gaussian features (d = 256), binary ±1 targets, P = 16 gates shared
 by every solver, β = 0.01 · β̄ with β̄ = max_g ‖A_gᵀY‖. The optimum p* is CVXPY's (Clarabel)
@@ -84,12 +84,12 @@ def cvxpy_optimum(x, labels, gates, beta):
     return value, time.perf_counter() - start
 
 
-def run_cronos(x, labels, gates, beta, patterns, dtype, tol, max_iters):
+def run_cronos(x, labels, gates, beta, patterns, dtype, tol, max_iters, preconditioner):
     """Solves twice (the first, of at most WARMUP_ITERS iterations, compiles); returns the
     solution, its solver seconds and the objective of the iterate v at each progress report
     (seconds exclude the reports and compilation)."""
     config = cronos.CronosConfig(patterns=patterns, beta=beta, dtype=dtype, tol=tol,
-                                 max_iters=max_iters)
+                                 max_iters=max_iters, preconditioner=preconditioner)
     cronos.solve(x, labels, dataclasses.replace(config, max_iters=min(max_iters, WARMUP_ITERS)),
                  key=jax.random.key(0), gates=gates)
     scale = float(np.sqrt(np.linalg.eigvalsh(np.asarray(x, np.float64).T @ x)[-1]))
@@ -123,14 +123,15 @@ def product_flops(n: int, dim: int, patterns: int, halves: int, iterations: int,
     return gemm * 2 * (pcg_iterations + iterations) + gemm * halves * projection_iterations
 
 
-def iteration_throughput(n: int, dim: int, patterns: int, fraction: float,
+def iteration_throughput(n: int, dim: int, patterns: int, fraction: float, preconditioner: str,
                          iterations: int = 100) -> dict:
     """Times ``iterations`` ADMM iterations (``admm.iterate`` alone: no set-up, no final
     certificate) of the gated-ReLU program of the benchmark instance, after a compiling run
     from the same start."""
     x, labels, gates, beta = make_instance(n, dim, patterns, fraction)
     config = cronos.CronosConfig(patterns=patterns, beta=beta, dtype="float32",
-                                 activation="gated_relu", tol=1e-12, max_iters=iterations)
+                                 activation="gated_relu", tol=1e-12, max_iters=iterations,
+                                 preconditioner=preconditioner)
     problem, precond, _ = admm.prepare(x, labels, config, key=jax.random.key(0), gates=gates)
     start_state = admm.init_state(problem, config, None)
     jax.block_until_ready(admm.iterate(problem, precond, start_state, config))
@@ -177,6 +178,8 @@ def main() -> None:
                              "certified final objective)")
     parser.add_argument("--throughput-sizes", default="4000,20000,50000",
                         help="n of the gated-ReLU iteration-throughput table ('' skips it)")
+    parser.add_argument("--preconditioner", choices=admm.PRECONDITIONERS, default="kronecker",
+                        help="of flax-cronos's PCG")
     parser.add_argument("--scnn-python", help="python of a virtualenv with pyscnn and torch")
     parser.add_argument("--scnn-max-iters", type=int, default=10_000)
     parser.add_argument("--scnn-timeout", type=int, default=600)
@@ -203,12 +206,12 @@ def main() -> None:
     rate = matmul_rate()
     rows = []
     print(f"# {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
-          f"float32 matmul {rate:.0f} GFLOP/s")
+          f"float32 matmul {rate:.0f} GFLOP/s; preconditioner {args.preconditioner}")
     for n in map(int, args.sizes.split(",")):
         x, labels, gates, beta = make_instance(n, args.dim, args.patterns, args.beta_fraction)
         row = {"n": n, "beta": beta}
         solution, seconds, trajectory = run_cronos(x, labels, gates, beta, args.patterns,
-                                                   "float32", 1e-4, 20_000)
+                                                   "float32", 1e-4, 20_000, args.preconditioner)
         stats = solution.stats
         if n <= args.cvxpy_max_n:
             optimum, row["cvxpy_seconds"] = cvxpy_optimum(x.astype(np.float64), labels, gates, beta)
@@ -255,7 +258,8 @@ def main() -> None:
 
     throughput = []
     for n in [int(size) for size in args.throughput_sizes.split(",") if size]:
-        t = iteration_throughput(n, args.dim, args.patterns, args.beta_fraction)
+        t = iteration_throughput(n, args.dim, args.patterns, args.beta_fraction,
+                                 args.preconditioner)
         throughput.append(t)
         print(f"gated_relu n={n:>6}: {t['iterations']} ADMM it ({t['pcg_iterations']} PCG) in "
               f"{t['seconds']:.2f}s, {t['gflops']:.1f} GFLOP/s = {100 * t['gflops'] / rate:.0f}% "

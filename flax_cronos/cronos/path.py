@@ -6,7 +6,7 @@
 the previous one's ADMM state (iterates, scaled dual, active sets of the cone projections);
 the first, zero, is certified without an iteration (the optimum at β̄), the others check their
 gap ``admm.GAP_FIRST`` iterations in and then as often while it is near. The patterns and the
-Nyström sketch, which do not depend on β, are built once. β is chosen by the validation metric
+preconditioner, which do not depend on β, are built once. β is chosen by the validation metric
 (accuracy, or mean squared error for regression; ties go to the larger β). Without validation
 data, a seeded random ``holdout`` fraction of the training rows is held out for the choice,
 and the chosen β is then solved again on all the training rows, warm-started from its path
@@ -78,6 +78,16 @@ def _at(problem: pb.Problem, beta: float) -> pb.Problem:
     return problem._replace(beta=jnp.asarray(beta, problem.dtype) / problem.scale)
 
 
+def holdout_split(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, kept rows): a ``fraction`` of range(n) drawn by a permutation seeded
+    by ``seed`` (at least one row held out), and the rest."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout must be in (0, 1); got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, int(round(fraction * n)))
+    return order[:cut], order[cut:]
+
+
 def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
              config: admm.CronosConfig) -> admm.AdmmState:
     """The starting state of a path point: zero, certified, for the first (the optimum at β̄);
@@ -130,12 +140,9 @@ def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None
     refit = x_val is None
     fit_x, fit_y = x, y
     if refit:
-        if not 0 < holdout < 1:
-            raise ValueError(f"holdout must be in (0, 1); got {holdout}")
-        order = np.random.default_rng(holdout_seed).permutation(len(x))
-        cut = max(1, int(round(holdout * len(x))))
-        x_val, y_val = x[order[:cut]], y[order[:cut]]
-        fit_x, fit_y = x[order[cut:]], y[order[cut:]]
+        held, kept = holdout_split(len(x), holdout, holdout_seed)
+        x_val, y_val = x[held], y[held]
+        fit_x, fit_y = x[kept], y[kept]
     else:
         x_val = pb.check_features(x_val, "x_val")
         if x_val.shape[1] != x.shape[1]:
