@@ -59,7 +59,8 @@ def labels(x) -> np.ndarray:
 
 
 def device_bytes(problem, precond, state, config) -> int:
-    """Peak over the preconditioner's and ADMM's programs of XLA's arguments + outputs + temporaries."""
+    """Peak over the preconditioner's and ADMM's programs of XLA's arguments + outputs +
+    temporaries."""
     programs = (admm.build_preconditioner.lower(problem, jax.random.key(0),
                                                 kind=config.preconditioner, rank=config.rank),
                 admm.run_admm.lower(problem, precond, state, config.tol, config.max_iters,

@@ -20,6 +20,9 @@ EXIT_USAGE = 2
 
 
 def _solver_arguments(parser: argparse.ArgumentParser) -> None:
+    from flax_cronos.cronos.admm import PRECONDITIONERS
+    from flax_cronos.cronos.problem import ACTIVATIONS, TASKS
+
     defaults = _default_config()
     parser.add_argument("--patterns", type=int, default=defaults.patterns, help="P, sampled gates")
     parser.add_argument("--beta", type=_beta, default="auto",
@@ -27,7 +30,7 @@ def _solver_arguments(parser: argparse.ArgumentParser) -> None:
                              "with β chosen on the validation data")
     parser.add_argument("--rho", type=float, default=None,
                         help="ADMM penalty on the normalised data; default: chosen from the data")
-    parser.add_argument("--preconditioner", choices=("kronecker", "nystrom"),
+    parser.add_argument("--preconditioner", choices=PRECONDITIONERS,
                         default=defaults.preconditioner,
                         help="of the u-step's conjugate gradients: H ≈ A ⊗ XᵀX (default) or the "
                              "paper's Nyström sketch")
@@ -36,9 +39,9 @@ def _solver_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iters", type=int, default=defaults.max_iters)
     parser.add_argument("--tol", type=float, default=defaults.tol,
                         help="relative duality gap to stop at (or a tenth of it for the residuals)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of gates and sketch")
-    parser.add_argument("--activation", choices=("relu", "gated_relu"), default=defaults.activation)
-    parser.add_argument("--task", choices=("classification", "regression"), default=defaults.task)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the gates (and of the Nyström sketch)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation)
+    parser.add_argument("--task", choices=TASKS, default=defaults.task)
     parser.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
     parser.add_argument("--intercept", action="store_true", help="append a constant-1 feature")
 

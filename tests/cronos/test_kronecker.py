@@ -27,9 +27,10 @@ def test_applies_the_inverse_of_identity_plus_alpha_a_kron_s():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, DIM)) * [3.0, 1.0, 0.1, 0.01]
     masks = rng.integers(0, 2, (50, PATTERNS))
-    approx = kronecker.kronecker(problem_of(x, masks))
-    squared = np.sum(x**2, axis=1, keepdims=True)
-    a = (masks * squared).T @ masks / squared.sum()
+    problem = problem_of(x, masks)
+    approx = kronecker.kronecker(problem)
+    blocks = dense_pattern_gram(problem).reshape(DIM, PATTERNS, DIM, PATTERNS)
+    a = np.einsum("kikj->ij", blocks) / np.trace(x.T @ x)     # tr(H_ij) = a_ij tr(XᵀX)
     dense = np.eye(DIM * PATTERNS) + 0.7 * np.kron(x.T @ x, a)
     r = rng.normal(size=(DIM, PATTERNS, 2))
     expected = np.linalg.solve(dense, r.reshape(-1, 2)).reshape(r.shape)
