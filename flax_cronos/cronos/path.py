@@ -101,7 +101,8 @@ def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
     rho = admm.initial_rho(problem, config)
     unknown = admm.unknown_residual(rho.dtype)
     zero = jnp.zeros_like(state.iteration)
-    return state._replace(lam=state.lam * (state.rho / rho), rho=rho, iteration=zero,
+    return state._replace(lam=state.lam * (state.rho / rho), rho=rho,
+                          rho_growth=jnp.ones_like(rho), iteration=zero,
                           pcg_iterations=zero, projection_iterations=zero,
                           primal_residual=unknown, dual_residual=unknown, gap=unknown,
                           gap_at=jnp.full_like(state.gap_at, -1),

@@ -165,6 +165,63 @@ def test_one_admm_step_is_a_pure_jittable_function():
     assert int(once.iteration) == 1 and float(once.primal_residual) > 0
 
 
+def test_early_rho_doubles_while_the_primal_residual_dominates_and_then_returns():
+    """ρ doubles (with the dual θ = ρλ unchanged) only in the early phase, only while the
+    primal residual is over EARLY_RATIO × the dual one and up to EARLY_GROWTH × its start, and
+    returns to its start after EARLY_ITERS; a user's ρ and gated_relu never change."""
+    from flax_cronos.cronos import admm
+
+    x, y = data(2)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0, dtype="float64")
+    problem, _, _ = admm.prepare(x, y, config, key=jax.random.key(0))
+    start = admm.init_state(problem, config)._replace(
+        lam=jnp.ones_like(admm.init_state(problem, config).lam), iteration=jnp.asarray(1),
+        primal_residual=jnp.asarray(0.5), dual_residual=jnp.asarray(1e-3))
+    rho0 = float(start.rho)
+
+    state, rhos = start, []
+    for _ in range(6):
+        state = admm.early_rho(state)
+        rhos.append(float(state.rho))
+    assert rhos == pytest.approx([rho0 * f for f in (2, 4, 8, 16, 16, 16)])
+    np.testing.assert_allclose(state.rho * state.lam, rho0 * start.lam)
+
+    balanced = admm.early_rho(start._replace(dual_residual=jnp.asarray(0.5 / admm.EARLY_RATIO)))
+    late = admm.early_rho(start._replace(iteration=jnp.asarray(admm.EARLY_ITERS + 1)))
+    assert float(balanced.rho) == float(late.rho) == rho0
+    back = admm.early_rho(state._replace(iteration=jnp.asarray(admm.EARLY_ITERS + 1)))
+    assert float(back.rho) == pytest.approx(rho0) and float(back.rho_growth) == pytest.approx(1)
+    np.testing.assert_allclose(back.rho * back.lam, rho0 * start.lam)
+
+    assert admm.settings_of(config).early_rho
+    assert not admm.settings_of(dataclasses.replace(config, rho=0.1)).early_rho
+    assert not admm.settings_of(dataclasses.replace(config, activation="gated_relu")).early_rho
+
+
+def test_a_solve_whose_rho_grows_early_reaches_the_cvxpy_optimum(monkeypatch):
+    """More rows than the CVXPY cases above at a small β: the primal residual starts hundreds
+    of times the dual one, so ρ grows in the early phase; the solve still ends at CVXPY's
+    optimum, with ρ back at its start."""
+    from flax_cronos.cronos import admm
+
+    monkeypatch.setattr(admm, "CHUNK", 1)           # a progress report after every iteration
+    x, y = teacher_classes(400, DIM, 2, width=8, noise=0.1, seed=0)
+    gates = np.asarray(cronos.sample_gates(jax.random.key(0), DIM, PATTERNS), np.float64)
+    targets, _ = pb.encode_targets(y, "classification", len(y))
+    beta = 0.01 * max(np.linalg.norm(x.T @ ((x @ g >= 0) * targets[:, 0])) for g in gates.T)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=beta, dtype="float64", tol=1e-7,
+                                 max_iters=20_000)
+    rhos = []
+    solution = cronos.solve(x, y, config, key=jax.random.key(0), gates=gates,
+                            callback=lambda state: rhos.append(float(state.rho)))
+    start = float(admm.default_rho(admm.prepare(x, y, config, key=jax.random.key(0),
+                                                gates=gates)[0], "relu"))
+    assert max(rhos) >= 2 * start and solution.stats.rho == pytest.approx(start)
+    expected = cvxpy_solve(x, targets, gates, beta, "relu")[0]
+    assert solution.status == cronos.SolveStatus.CONVERGED
+    assert solution.stats.objective == pytest.approx(expected, rel=1e-4)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gated_relu"])
 def test_warm_start_reaches_the_cvxpy_optimum_and_stays_at_it(activation):
     """From a 3-iteration point ADMM still converges to CVXPY's optimum; from the optimum
