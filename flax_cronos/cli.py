@@ -39,7 +39,8 @@ def _solver_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-iters", type=int, default=defaults.max_iters)
     parser.add_argument("--tol", type=float, default=defaults.tol,
                         help="relative duality gap to stop at (or a tenth of it for the residuals)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the gates (and of the Nyström sketch)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the gates (and of the Nyström sketch)")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=defaults.activation)
     parser.add_argument("--task", choices=TASKS, default=defaults.task)
     parser.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)

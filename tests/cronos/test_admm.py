@@ -174,9 +174,9 @@ def test_early_rho_doubles_while_the_primal_residual_dominates_and_then_returns(
     x, y = data(2)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0, dtype="float64")
     problem, _, _ = admm.prepare(x, y, config, key=jax.random.key(0))
-    start = admm.init_state(problem, config)._replace(
-        lam=jnp.ones_like(admm.init_state(problem, config).lam), iteration=jnp.asarray(1),
-        primal_residual=jnp.asarray(0.5), dual_residual=jnp.asarray(1e-3))
+    initial = admm.init_state(problem, config)
+    start = initial._replace(lam=jnp.ones_like(initial.lam), iteration=jnp.asarray(1),
+                             primal_residual=jnp.asarray(0.5), dual_residual=jnp.asarray(1e-3))
     rho0 = float(start.rho)
 
     state, rhos = start, []
