@@ -458,8 +458,16 @@ def unknown_residual(dtype) -> jax.Array:
 def init_state(problem: pb.Problem, config: CronosConfig,
                init: Optional[ConvexParams] = None) -> AdmmState:
     """Iterates u = v = ``init`` (zero by default), ρ from the config or ``default_rho``,
-    residuals at the largest float. The dual starts at λ = Fᵀ(Y − Fv)/ρ, which makes the u-step
-    a fixed point at v (λ = 0 would let a warm start look converged after one iteration)."""
+    residuals at the largest float.
+
+    A warm start's dual is λ = s Fᵀ(Y − Fv)/ρ, with s ≤ 1 per output the largest scale that
+    makes the residual Y − Fv dual feasible (``certificate.feasible_scale``). Near the optimum
+    s = 1, and the u-step is then a fixed point at v (λ = 0 would let a warm start look
+    converged after one iteration). Far from it, the first v-step, prox(v + λ), would be a
+    proximal-gradient step of length 1/ρ, far beyond the stable 1/‖FᵀF‖ (‖FᵀF‖ ≤ P, ρ ≪ 1):
+    from the head of the previous CRONOS-AM round, on the features its backbone steps had
+    changed, five iterations ended 400× above their start's objective. The scale s keeps
+    that step's move to at most β/ρ per group."""
     n, dim = problem.num_rows, problem.dim
     patterns, outputs = problem.num_patterns, problem.num_outputs
     halves = pb.halves(config.activation)
@@ -467,12 +475,15 @@ def init_state(problem: pb.Problem, config: CronosConfig,
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
     rho = initial_rho(problem, config)
     lam = jnp.zeros_like(weights)
+    active, slots = None, min(dim, n, FIRST_ACTIVE)
+    if config.activation == "relu":
+        active = cone.empty_active_set(halves * patterns * outputs, slots, dtype)
     if init is not None:
         weights = _normalised_weights(problem, init, weights.shape)
-        lam = pb.residual_terms(problem, weights)[0] / rho
-    active = None
-    if config.activation == "relu":
-        active = cone.empty_active_set(halves * patterns * outputs, min(dim, n, FIRST_ACTIVE), dtype)
+        correlations = pb.residual_terms(problem, weights)[0]
+        scale, _ = certificate.feasible_scale(problem, correlations, active,
+                                              cone.cold_start_iterations(slots))
+        lam = scale * correlations / rho
     unknown = unknown_residual(dtype)
     return AdmmState(u=weights, v=weights, lam=lam, active=active, gap_needs_room=jnp.asarray(False),
                      gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_EVERY), rho=rho,

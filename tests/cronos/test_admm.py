@@ -242,6 +242,34 @@ def test_warm_start_reaches_the_cvxpy_optimum_and_stays_at_it(activation):
     assert again.stats.objective == pytest.approx(warm.stats.objective, rel=1e-6)
 
 
+def convex_objective(params, x, y, beta):
+    """½‖Σ_i D_i X (v_i − w_i) − Y‖² + β Σ ‖groups‖ of a solution's weights on (x, y), with the
+    patterns D_i of its gates on x (the cone constraints are not checked)."""
+    targets, _ = pb.encode_targets(y, "classification", len(y))
+    masks = (x @ np.asarray(params.gates) >= 0).astype(float)
+    groups = [np.asarray(params.v)] + ([] if params.w is None else [-np.asarray(params.w)])
+    outputs = np.einsum("np,nd,pdc->nc", masks, x, sum(groups))
+    penalty = sum(np.linalg.norm(group, axis=1).sum() for group in groups)
+    return 0.5 * np.sum((outputs - targets) ** 2) + beta * penalty
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated_relu"])
+def test_warm_start_from_a_changed_problem_does_not_diverge(activation):
+    """CRONOS-AM warm-starts each round from the previous head, on features the backbone has
+    changed. Five iterations from the old solution must improve on its objective: a dual
+    started at Fᵀ(Y − Fv)/ρ unscaled made the first v-step a gradient step of length
+    1/ρ ≫ 1/‖FᵀF‖ (in the trainer: objective 400× the start's after five iterations)."""
+    x, y = teacher_classes(600, 20, 3, width=8, noise=0.1, seed=3)
+    config = cronos.CronosConfig(patterns=8, beta=1e-3, activation=activation, max_iters=5)
+    key = jax.random.key(0)
+    old = cronos.solve(x, y, config, key=key)
+    changed = x @ (np.eye(20) + 0.3 * np.random.default_rng(0).normal(size=(20, 20)) / np.sqrt(20))
+    warm = cronos.solve(changed, y, config, key=key, init=old.params)
+    assert convex_objective(warm.params, changed, y, 1e-3) == pytest.approx(warm.stats.objective,
+                                                                              rel=1e-3)
+    assert warm.stats.objective < convex_objective(old.params, changed, y, 1e-3)
+
+
 def test_warm_start_of_another_shape_is_a_clear_error():
     x, y = data(3)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=0.5, max_iters=5)
