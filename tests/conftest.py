@@ -1,10 +1,8 @@
-"""Shared test set-up: float64 available, offline Hugging Face, 8 host CPU devices.
-
-No persistent compilation cache: with jax 0.10.2 on CPU, writing one executable of the relu
-solver to it (tests/test_trainer.py's zero-head test, late in the full suite) aborted the
-process inside ``put_executable_and_time``, twice in a row; alone, the test passes."""
+"""Shared test set-up: float64 available, offline Hugging Face, 8 host CPU devices, a persistent
+compile cache."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,3 +15,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("JAX_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

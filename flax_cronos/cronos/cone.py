@@ -36,8 +36,6 @@ import numpy as np
 from flax_cronos.cronos.problem import Problem, cone_signs
 from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
-REFINEMENTS = 4     # refinements of the multipliers after the first, before H is re-factorised
-
 
 class ActiveSet(NamedTuple):
     """Per group: the active constraints in ``k`` fixed-size slots, with their Gram matrix
@@ -96,15 +94,14 @@ class Projection(NamedTuple):
 
 
 class _Loop(NamedTuple):
-    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d]
-    and −A_W z [G, k] (zero on the unused slots), multipliers μ [G, k], and per group whether
-    it is done or out of room; ``stale``: the last step found H inaccurate and changed nothing;
-    ``trusted``: H was just re-factorised, so the next step takes it without checking."""
+    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
+    multipliers μ [G, k], and per group whether it is done or out of room; ``stale``: the last
+    step found H inaccurate and changed nothing; ``trusted``: H was just re-factorised, so the
+    next step takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
     rows: jax.Array
-    rhs: jax.Array
     mu: jax.Array
     done: jax.Array
     out_of_room: jax.Array
@@ -131,11 +128,9 @@ def _most_violated(problem: Problem, groups_pattern: jax.Array,
         signs = cone_signs(rows)[:, groups_pattern]                    # [b, G]
         slack = (rows.x @ point.T) * signs * (1.0 / jnp.maximum(norms, tiny))
         slack = jnp.where(norms > 0, slack, jnp.inf)
-        smallest = jnp.min(slack, axis=0)
-        # the first row attaining it; two plain reductions are ~2× faster than XLA's argmin on CPU
-        row = jnp.arange(slack.shape[0], dtype=jnp.int32)[:, None]
-        worst = jnp.min(jnp.where(slack == smallest, row, slack.shape[0]), axis=0)
-        return (rows.start + worst).astype(jnp.int32), smallest
+        worst = jnp.argmin(slack, axis=0)
+        return ((rows.start + worst).astype(jnp.int32),
+                jnp.take_along_axis(slack, worst[None], axis=0)[0])
 
     def earlier_on_ties(a, b):
         later = b[1] < a[1]
@@ -214,37 +209,28 @@ def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
     return inverse
 
 
-def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array,
+def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
                  tol) -> tuple[jax.Array, jax.Array]:
     """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere:
-    μ = H r with r = −A_W z (``rhs``, zero on the unused slots), refined by
-    μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most ``REFINEMENTS`` times,
-    to undo the rounding the updates of H accumulate (a refinement costs two [G, k, k]
-    products; a re-factorisation of H, which the caller falls back on, about fifty).
+    μ = H r with r = −A_W z, then one step of iterative refinement μ += H (r − (A_W A_Wᵀ) μ)
+    to undo the rounding the updates of H accumulate.
 
     Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
     slack it leaves on the active rows, is within the projection tolerance
     tol ‖x_j‖ ‖z‖ on each of them)."""
     gram, inverse, used = active.gram, active.inverse, active.used
     diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
+
+    def residual(mu):
+        regularised_product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
+        return rhs - jnp.where(used, regularised_product, 0.0)
+
+    rhs = jnp.where(used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
+    mu = jnp.einsum("gij,gj->gi", inverse, rhs)          # zero on the unused slots
+    mu = mu + jnp.einsum("gij,gj->gi", inverse, residual(mu))
     bound = tol * jnp.sqrt(diagonal) * jnp.linalg.norm(z, axis=1)[:, None]
-
-    def accurate(remainder):
-        return jnp.all((jnp.abs(remainder) <= bound) | ~used)
-
-    def refined(carry):
-        count, mu, remainder = carry
-        mu = mu + jnp.einsum("gij,gj->gi", inverse, remainder)      # zero on the unused slots
-        product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
-        return count + 1, mu, rhs - jnp.where(used, product, 0.0)
-
-    def inaccurate(carry):
-        count, _, remainder = carry
-        return (count <= REFINEMENTS) & ~accurate(remainder)
-
-    first = refined((0, jnp.zeros_like(rhs), rhs))                   # μ = H r
-    _, mu, remainder = jax.lax.while_loop(inaccurate, refined, first)
-    return jnp.where(used, mu, 0.0), accurate(remainder)
+    accurate = jnp.all((jnp.abs(residual(mu)) <= bound) | ~used)
+    return jnp.where(used, mu, 0.0), accurate
 
 
 def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Array,
@@ -280,10 +266,9 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
     The loop carries the active rows A_W [G, k, d] and the inverse H of their Gram matrix: a row
     enters with one bordering update and leaves with one Schur complement, both O(k²). Rounding
     accumulates in H, badly so when the active rows are nearly dependent; every step checks
-    the slack its multipliers leave on the active rows, refines them while it exceeds the
-    tolerance, and when a few refinements do not bring it within, H is re-factorised
-    (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as accurate as it
-    gets)."""
+    the slack its multipliers leave on the active rows, and when that exceeds the tolerance H is
+    re-factorised (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as
+    accurate as it gets)."""
     groups, slots = active.used.shape
     group_index = jnp.arange(groups)
     z_norm = jnp.linalg.norm(z, axis=1)
@@ -293,7 +278,7 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
 
     def step(loop: _Loop) -> _Loop:
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
-        target, accurate = _multipliers(loop.rhs, active, z, tol)
+        target, accurate = _multipliers(rows, active, z, tol)
         stale = ~accurate & ~loop.trusted
         frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
@@ -311,13 +296,9 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         new_mu = jnp.where(frozen[:, None], mu, new_mu)
 
         point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
-        # groups that look for a constraint to add; a step where none does (all of them stepped
-        # back, or are done) skips the scan of X
-        searching = feasible & ~frozen & ~shrunk_to_zero(jnp.linalg.norm(point, axis=1))
-        worst, worst_slack = jax.lax.cond(
-            jnp.any(searching), lambda: _most_violated(problem, groups_pattern, point),
-            lambda: (jnp.zeros(groups, jnp.int32), jnp.full(groups, jnp.inf, point.dtype)))
-        violated = searching & (worst_slack < -tol * z_norm)
+        zeroed = feasible & ~frozen & shrunk_to_zero(jnp.linalg.norm(point, axis=1))
+        worst, worst_slack = _most_violated(problem, groups_pattern, point)
+        violated = (worst_slack < -tol * z_norm) & ~zeroed
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
         free_slot = jnp.argmin(used, axis=1)
         has_room = ~jnp.all(used, axis=1)
@@ -332,14 +313,11 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         gram = active.gram.at[group_index, slot].set(products, mode="drop")
         gram = gram.at[group_index, :, slot].set(products, mode="drop")
         rows = rows.at[group_index, slot].set(new_row, mode="drop")
-        rhs = jnp.where(slot_hit, -jnp.sum(new_row * z, axis=1)[:, None],
-                        jnp.where(used, loop.rhs, 0.0))
         active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit, gram,
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, rhs=rhs,
-                             mu=new_mu,
+        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, mu=new_mu,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
                              stale=stale, trusted=jnp.asarray(False))
@@ -357,9 +335,8 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale, step, loop)
 
     no_groups = jnp.zeros(groups, bool)
-    rows = _constraint_rows(problem, active.rows, groups_pattern)
-    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
-                 rhs=jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0),
+    loop = _Loop(iteration=jnp.asarray(0), active=active,
+                 rows=_constraint_rows(problem, active.rows, groups_pattern),
                  mu=jnp.zeros((groups, slots), z.dtype), done=shrunk_to_zero(z_norm),
                  out_of_room=no_groups,
                  stale=jnp.asarray(False), trusted=jnp.asarray(False),
