@@ -66,12 +66,14 @@ def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters:
     return jnp.max(norms, axis=0), active
 
 
-def feasible_scale(problem: pb.Problem, correlations: jax.Array, active, max_iters: int,
-                   below=None):
+def feasible_scale(problem: pb.Problem, correlations: jax.Array, active, max_iters: int):
     """Per output c, the largest s_c ≤ 1 with s_c θ_c dual feasible, from the correlations Fᵀθ
     [H, d, P, C]: min(1, β / max_g ‖Π_{K_g}(A_gᵀθ_c)‖) (a lower bound of it where the
-    projections stop early, see ``_dual_norms``). Returns ([C], the projections' active sets)."""
-    worst, active = _dual_norms(problem, correlations, active, max_iters, below)
+    projections stop early, see ``_dual_norms``). Returns ([C], the projections' active sets).
+
+    A group's norm only matters above β (below it, any scale ≤ 1 is feasible), so its
+    projection stops once it is known to be ≤ β."""
+    worst, active = _dual_norms(problem, correlations, active, max_iters, below=problem.beta)
     tiny = jnp.finfo(correlations.dtype).tiny
     return jnp.minimum(1.0, problem.beta / jnp.maximum(worst, tiny)), active
 
@@ -83,9 +85,7 @@ def duality_gap(problem: pb.Problem, v: jax.Array, u: jax.Array, dual_active, ma
     tiny = jnp.finfo(v.dtype).tiny
     correlations, candidate_sq, candidate_y, residual_sq = pb.residual_terms(problem, u,
                                                                               loss_of=v)
-    # a group's norm only matters above β (below it, any scale ≤ 1 is feasible)
-    feasible, dual_active = feasible_scale(problem, correlations, dual_active, max_iters,
-                                           below=problem.beta)
+    feasible, dual_active = feasible_scale(problem, correlations, dual_active, max_iters)
     scale = jnp.clip(candidate_y / jnp.maximum(candidate_sq, tiny), 0.0, feasible)
     dual = jnp.sum(scale * candidate_y - 0.5 * scale**2 * candidate_sq)
     primal = 0.5 * residual_sq + problem.beta * jnp.sum(jnp.sqrt(jnp.sum(v**2, axis=1)))
