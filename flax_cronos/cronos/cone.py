@@ -36,6 +36,8 @@ import numpy as np
 from flax_cronos.cronos.problem import Problem, cone_signs
 from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
+REFINEMENTS = 4     # refinement steps of the multipliers before H is re-factorised
+
 
 class ActiveSet(NamedTuple):
     """Per group: the active constraints in ``k`` fixed-size slots, with their Gram matrix
@@ -128,9 +130,11 @@ def _most_violated(problem: Problem, groups_pattern: jax.Array,
         signs = cone_signs(rows)[:, groups_pattern]                    # [b, G]
         slack = (rows.x @ point.T) * signs * (1.0 / jnp.maximum(norms, tiny))
         slack = jnp.where(norms > 0, slack, jnp.inf)
-        worst = jnp.argmin(slack, axis=0)
-        return ((rows.start + worst).astype(jnp.int32),
-                jnp.take_along_axis(slack, worst[None], axis=0)[0])
+        smallest = jnp.min(slack, axis=0)
+        # the first row attaining it; two plain reductions are ~2× faster than XLA's argmin on CPU
+        row = jnp.arange(slack.shape[0], dtype=jnp.int32)[:, None]
+        worst = jnp.min(jnp.where(slack == smallest, row, slack.shape[0]), axis=0)
+        return rows.start + worst, smallest
 
     def earlier_on_ties(a, b):
         later = b[1] < a[1]
@@ -212,25 +216,35 @@ def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
 def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
                  tol) -> tuple[jax.Array, jax.Array]:
     """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere:
-    μ = H r with r = −A_W z, then one step of iterative refinement μ += H (r − (A_W A_Wᵀ) μ)
-    to undo the rounding the updates of H accumulate.
+    μ = H r with r = −A_W z, refined by μ += H (r − (A_W A_Wᵀ) μ) while that residual is too
+    large, at most ``REFINEMENTS`` times, to undo the rounding the updates of H accumulate
+    (each refinement costs two [G, k, k] products; a re-factorisation of H, which the caller
+    falls back on, about fifty).
 
     Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
     slack it leaves on the active rows, is within the projection tolerance
     tol ‖x_j‖ ‖z‖ on each of them)."""
     gram, inverse, used = active.gram, active.inverse, active.used
     diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
-
-    def residual(mu):
-        regularised_product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
-        return rhs - jnp.where(used, regularised_product, 0.0)
-
-    rhs = jnp.where(used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
-    mu = jnp.einsum("gij,gj->gi", inverse, rhs)          # zero on the unused slots
-    mu = mu + jnp.einsum("gij,gj->gi", inverse, residual(mu))
     bound = tol * jnp.sqrt(diagonal) * jnp.linalg.norm(z, axis=1)[:, None]
-    accurate = jnp.all((jnp.abs(residual(mu)) <= bound) | ~used)
-    return jnp.where(used, mu, 0.0), accurate
+    rhs = jnp.where(used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
+
+    def accurate(remainder):
+        return jnp.all((jnp.abs(remainder) <= bound) | ~used)
+
+    def refined(carry):
+        count, mu, remainder = carry
+        mu = mu + jnp.einsum("gij,gj->gi", inverse, remainder)      # zero on the unused slots
+        product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
+        return count + 1, mu, rhs - jnp.where(used, product, 0.0)
+
+    def inaccurate(carry):
+        count, _, remainder = carry
+        return (count <= REFINEMENTS) & ~accurate(remainder)
+
+    first = refined((0, jnp.zeros_like(rhs), rhs))                   # μ = H r
+    _, mu, remainder = jax.lax.while_loop(inaccurate, refined, first)
+    return jnp.where(used, mu, 0.0), accurate(remainder)
 
 
 def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Array,
