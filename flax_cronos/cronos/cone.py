@@ -134,7 +134,7 @@ def _most_violated(problem: Problem, groups_pattern: jax.Array,
         # the first row attaining it; two plain reductions are ~2× faster than XLA's argmin on CPU
         row = jnp.arange(slack.shape[0], dtype=jnp.int32)[:, None]
         worst = jnp.min(jnp.where(slack == smallest, row, slack.shape[0]), axis=0)
-        return rows.start + worst, smallest
+        return (rows.start + worst).astype(jnp.int32), smallest
 
     def earlier_on_ties(a, b):
         later = b[1] < a[1]
@@ -310,9 +310,13 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         new_mu = jnp.where(frozen[:, None], mu, new_mu)
 
         point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
-        zeroed = feasible & ~frozen & shrunk_to_zero(jnp.linalg.norm(point, axis=1))
-        worst, worst_slack = _most_violated(problem, groups_pattern, point)
-        violated = (worst_slack < -tol * z_norm) & ~zeroed
+        # groups that look for a constraint to add; a step where none does (all of them stepped
+        # back, or are done) skips the scan of X
+        searching = feasible & ~frozen & ~shrunk_to_zero(jnp.linalg.norm(point, axis=1))
+        worst, worst_slack = jax.lax.cond(
+            jnp.any(searching), lambda: _most_violated(problem, groups_pattern, point),
+            lambda: (jnp.zeros(groups, jnp.int32), jnp.full(groups, jnp.inf, point.dtype)))
+        violated = searching & (worst_slack < -tol * z_norm)
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
         free_slot = jnp.argmin(used, axis=1)
         has_room = ~jnp.all(used, axis=1)
