@@ -96,14 +96,16 @@ class Projection(NamedTuple):
 
 
 class _Loop(NamedTuple):
-    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
-    multipliers μ [G, k], and per group whether it is done or out of room; ``stale``: the last
+    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d]
+    and −A_W z [G, k] (zero on the unused slots), multipliers μ [G, k], and per group whether
+    it is done or out of room; ``stale``: the last
     step found H inaccurate and changed nothing; ``trusted``: H was just re-factorised, so the
     next step takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
     rows: jax.Array
+    rhs: jax.Array
     mu: jax.Array
     done: jax.Array
     out_of_room: jax.Array
@@ -213,10 +215,10 @@ def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
     return inverse
 
 
-def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
+def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array,
                  tol) -> tuple[jax.Array, jax.Array]:
     """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere:
-    μ = H r with r = −A_W z, refined by μ += H (r − (A_W A_Wᵀ) μ) while that residual is too
+    μ = H r with r = −A_W z (``rhs``, zero on the unused slots), refined by μ += H (r − (A_W A_Wᵀ) μ) while that residual is too
     large, at most ``REFINEMENTS`` times, to undo the rounding the updates of H accumulate
     (each refinement costs two [G, k, k] products; a re-factorisation of H, which the caller
     falls back on, about fifty).
@@ -227,7 +229,6 @@ def _multipliers(rows: jax.Array, active: ActiveSet, z: jax.Array,
     gram, inverse, used = active.gram, active.inverse, active.used
     diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
     bound = tol * jnp.sqrt(diagonal) * jnp.linalg.norm(z, axis=1)[:, None]
-    rhs = jnp.where(used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
 
     def accurate(remainder):
         return jnp.all((jnp.abs(remainder) <= bound) | ~used)
@@ -292,7 +293,7 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
 
     def step(loop: _Loop) -> _Loop:
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
-        target, accurate = _multipliers(rows, active, z, tol)
+        target, accurate = _multipliers(loop.rhs, active, z, tol)
         stale = ~accurate & ~loop.trusted
         frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
@@ -331,11 +332,14 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         gram = active.gram.at[group_index, slot].set(products, mode="drop")
         gram = gram.at[group_index, :, slot].set(products, mode="drop")
         rows = rows.at[group_index, slot].set(new_row, mode="drop")
+        rhs = jnp.where(slot_hit, -jnp.sum(new_row * z, axis=1)[:, None],
+                        jnp.where(used, loop.rhs, 0.0))
         active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit, gram,
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, mu=new_mu,
+        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, rhs=rhs,
+                             mu=new_mu,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
                              stale=stale, trusted=jnp.asarray(False))
@@ -353,8 +357,9 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale, step, loop)
 
     no_groups = jnp.zeros(groups, bool)
-    loop = _Loop(iteration=jnp.asarray(0), active=active,
-                 rows=_constraint_rows(problem, active.rows, groups_pattern),
+    rows = _constraint_rows(problem, active.rows, groups_pattern)
+    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
+                 rhs=jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0),
                  mu=jnp.zeros((groups, slots), z.dtype), done=shrunk_to_zero(z_norm),
                  out_of_room=no_groups,
                  stale=jnp.asarray(False), trusted=jnp.asarray(False),
