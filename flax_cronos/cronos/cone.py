@@ -36,7 +36,7 @@ import numpy as np
 from flax_cronos.cronos.problem import Problem, cone_signs
 from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
-REFINEMENTS = 4     # refinement steps of the multipliers before H is re-factorised
+REFINEMENTS = 4     # refinements of the multipliers after the first, before H is re-factorised
 
 
 class ActiveSet(NamedTuple):
@@ -98,9 +98,8 @@ class Projection(NamedTuple):
 class _Loop(NamedTuple):
     """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d]
     and −A_W z [G, k] (zero on the unused slots), multipliers μ [G, k], and per group whether
-    it is done or out of room; ``stale``: the last
-    step found H inaccurate and changed nothing; ``trusted``: H was just re-factorised, so the
-    next step takes it without checking."""
+    it is done or out of room; ``stale``: the last step found H inaccurate and changed nothing;
+    ``trusted``: H was just re-factorised, so the next step takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
@@ -218,10 +217,10 @@ def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
 def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array,
                  tol) -> tuple[jax.Array, jax.Array]:
     """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere:
-    μ = H r with r = −A_W z (``rhs``, zero on the unused slots), refined by μ += H (r − (A_W A_Wᵀ) μ) while that residual is too
-    large, at most ``REFINEMENTS`` times, to undo the rounding the updates of H accumulate
-    (each refinement costs two [G, k, k] products; a re-factorisation of H, which the caller
-    falls back on, about fifty).
+    μ = H r with r = −A_W z (``rhs``, zero on the unused slots), refined by
+    μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most ``REFINEMENTS`` times,
+    to undo the rounding the updates of H accumulate (a refinement costs two [G, k, k]
+    products; a re-factorisation of H, which the caller falls back on, about fifty).
 
     Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
     slack it leaves on the active rows, is within the projection tolerance
@@ -281,9 +280,10 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
     The loop carries the active rows A_W [G, k, d] and the inverse H of their Gram matrix: a row
     enters with one bordering update and leaves with one Schur complement, both O(k²). Rounding
     accumulates in H, badly so when the active rows are nearly dependent; every step checks
-    the slack its multipliers leave on the active rows, and when that exceeds the tolerance H is
-    re-factorised (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as
-    accurate as it gets)."""
+    the slack its multipliers leave on the active rows, refines them while it exceeds the
+    tolerance, and when a few refinements do not bring it within, H is re-factorised
+    (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as accurate as it
+    gets)."""
     groups, slots = active.used.shape
     group_index = jnp.arange(groups)
     z_norm = jnp.linalg.norm(z, axis=1)
