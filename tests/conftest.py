@@ -1,5 +1,5 @@
 """Shared test set-up: float64 available, offline Hugging Face, 8 host CPU devices, a persistent
-compile cache."""
+compile cache, and compiled programs released after each test module."""
 
 import os
 from pathlib import Path
@@ -13,8 +13,21 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                                                      "--xla_force_host_platform_device_count=8"]))
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("JAX_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".jax_cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """Drops JAX's in-memory compilation caches after each test module. XLA on CPU maps every
+    executable's code into memory in a few separate regions; the whole suite in one process
+    compiles thousands of programs, and keeping them all passed Linux's limit of 65,530 memory
+    maps per process (``vm.max_map_count``) late in the suite: a failed map aborted or crashed
+    the process inside a compile. Programs a later module needs again come back from the
+    persistent cache above."""
+    yield
+    jax.clear_caches()
