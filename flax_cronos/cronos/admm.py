@@ -23,8 +23,9 @@ Gram operator (H z)_i = Xᵀ D_i Σ_j D_j X z_j, with ‖H‖ ≤ P on normalise
 preconditioned by an approximation of H that depends on neither ρ nor β (warm starts across a
 β path reuse it): H ≈ A ⊗ XᵀX (``kronecker.py``, the default) or the paper's Nyström sketch.
 
-Inexact solves: PCG stops at ‖r‖ ≤ η_k ‖rhs‖, η_k = min(0.1 (1+k)^{-1.2}, 0.1 · ADMM residual)
-(a summable forcing sequence, tightened as ADMM converges), warm-started from the last u.
+Inexact solves: PCG stops at ‖r‖ ≤ η_k ‖rhs‖, η_k = min(0.1 (1+k)^{-1.2}, 0.1 √(r_p r_d))
+(a summable forcing sequence, tightened as ADMM converges: r_p and r_d are the relative primal
+and dual residuals below), warm-started from the last u.
 
 Where the rows live (``rows.py``): every product with X is a reduction over blocks of rows, so
 this code runs unchanged on one device, on rows sharded over a device mesh (XLA's partitioner
@@ -317,8 +318,14 @@ def _norm(array: jax.Array) -> jax.Array:
 
 
 def _forcing(state: AdmmState) -> jax.Array:
+    """PCG's relative tolerance η_k (module docstring). ADMM's progress is measured by the
+    geometric mean of its two residuals: early on the dual residual is often 10–100× below the
+    primal one, and tying η to the smaller asked PCG for accuracy that the next v-step discards
+    (the paper's 5-iteration CRONOS-AM solve on Fashion-MNIST features ran 73 PCG iterations
+    instead of 44, to the same objective within 0.03%; the solver benchmark's relu and gated
+    solves took 0–8% more ADMM iterations and 6–46% fewer PCG iterations)."""
     eps = jnp.finfo(state.u.dtype).eps
-    progress = jnp.minimum(state.primal_residual, state.dual_residual)
+    progress = jnp.sqrt(state.primal_residual * state.dual_residual)
     eta = jnp.minimum(0.1 * (1.0 + state.iteration) ** -1.2, 0.1 * progress)
     return jnp.maximum(eta, 10 * eps)
 
