@@ -4,6 +4,8 @@ compile cache, and compiled programs released after each test module."""
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # 8 host CPU devices for the sharded-solver tests (tests/cronos/test_sharded.py); jit without a
@@ -13,7 +15,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                                                      "--xla_force_host_platform_device_count=8"]))
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_compilation_cache_dir",
