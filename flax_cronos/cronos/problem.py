@@ -59,6 +59,7 @@ class Problem(NamedTuple):
             targets are device arrays (see ``rows.py``).
         xt: [d, n] x transposed, kept beside it on a single CPU device
             (``with_transposed_rows``); None elsewhere.
+        row_norms: [n] ‖x_j‖ of the rows of x (``with_row_norms``); None when streamed.
     """
 
     x: Optional[jax.Array]
@@ -68,6 +69,7 @@ class Problem(NamedTuple):
     beta: jax.Array
     stream: Optional[RowStream] = None
     xt: Optional[jax.Array] = None
+    row_norms: Optional[jax.Array] = None
 
     @property
     def num_rows(self) -> int:
@@ -215,6 +217,16 @@ def with_transposed_rows(problem: Problem) -> Problem:
     if next(iter(problem.x.devices())).platform != "cpu":
         return problem
     return problem._replace(xt=jnp.transpose(problem.x))       # a new, row-major [d, n] array
+
+
+def with_row_norms(problem: Problem) -> Problem:
+    """The problem with ‖x_j‖ [n] of its rows when they are device arrays (in memory or
+    sharded; streamed rows are left as they are). Every Lawson–Hanson step of the cone
+    projections divides the slacks by them (``cone._most_violated``); recomputing them read
+    all of X once more per step (n = 20,000, d = 256: 0.9 ms of a 6 ms step)."""
+    if problem.x is None:
+        return problem
+    return problem._replace(row_norms=jnp.linalg.norm(problem.x, axis=1))
 
 
 # ----------------------------------------------------------------------------- operators

@@ -50,6 +50,7 @@ class RowBlock(NamedTuple):
         start: index of the first row in X (an int, or a traced integer when streamed).
         xt: [d, b] the same features transposed, where the program keeps that copy (see
             ``problem.with_transposed_rows``), else None.
+        norms: [b] ‖x_j‖, where the program keeps them (``problem.with_row_norms``), else None.
     """
 
     x: jax.Array
@@ -57,6 +58,7 @@ class RowBlock(NamedTuple):
     targets: jax.Array
     start: Any
     xt: Optional[jax.Array] = None
+    norms: Optional[jax.Array] = None
 
 
 # ----------------------------------------------------------------------------- streamed rows
@@ -150,7 +152,8 @@ def reduce_rows(problem: "Problem", block_fn: Callable[[RowBlock], T],
     """
     stream = problem.stream
     if stream is None:
-        return block_fn(RowBlock(problem.x, problem.masks, problem.targets, 0, problem.xt))
+        return block_fn(RowBlock(problem.x, problem.masks, problem.targets, 0, problem.xt,
+                                 problem.row_norms))
     dim, patterns, outputs = stream.dim, stream.masks.shape[1], stream.targets.shape[1]
     shapes = tuple(jax.ShapeDtypeStruct((stream.block_rows, k), stream.dtype)
                    for k in (dim, patterns, outputs))
