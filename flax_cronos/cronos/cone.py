@@ -165,10 +165,13 @@ def _regularised_gram(gram: jax.Array, used: jax.Array) -> jax.Array:
 
 
 def _inverse(gram: jax.Array, used: jax.Array) -> jax.Array:
-    """The inverse of ``_regularised_gram`` by Cholesky: [G, k, k]."""
+    """The inverse of ``_regularised_gram`` W = L Lᵀ (Cholesky): W⁻¹ = L⁻ᵀ L⁻¹, one triangular
+    solve and one product (a product runs faster than the second solve ``cho_solve`` makes):
+    [G, k, k]."""
     factor = jnp.linalg.cholesky(_regularised_gram(gram, used))
     eye = jnp.broadcast_to(jnp.eye(used.shape[1], dtype=gram.dtype), gram.shape)
-    return jax.scipy.linalg.cho_solve((factor, True), eye)
+    factor_inverse = jax.lax.linalg.triangular_solve(factor, eye, left_side=True, lower=True)
+    return jnp.einsum("gji,gjk->gik", factor_inverse, factor_inverse)
 
 
 def _with_row(inverse: jax.Array, products: jax.Array, used: jax.Array,
