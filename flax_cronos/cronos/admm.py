@@ -224,11 +224,13 @@ class Settings(NamedTuple):
     activation: str
     pcg_max_iters: int
     early_rho: bool
+    projection_iters: int
 
 
 def settings_of(config: CronosConfig) -> Settings:
     return Settings(config.activation, config.pcg_max_iters,
-                    early_rho=config.activation == "relu" and config.rho is None)
+                    early_rho=config.activation == "relu" and config.rho is None,
+                    projection_iters=PROJECTION_ITERS)
 
 
 # ----------------------------------------------------------------------------- the u-step
@@ -297,8 +299,9 @@ def solve_u(problem: pb.Problem, precond: Preconditioner, rhs: jax.Array, u0: ja
 
 
 def prox(problem: pb.Problem, z: jax.Array, threshold: jax.Array,
-         active: Optional[cone.ActiveSet]):
-    """prox of threshold·‖·‖_{2,1} + I_K: shrinks the cone projection of every group.
+         active: Optional[cone.ActiveSet], max_iters: int):
+    """prox of threshold·‖·‖_{2,1} + I_K: shrinks the cone projection of every group (each
+    projection runs at most ``max_iters`` Lawson–Hanson steps).
 
     Returns (v [H, d, P, C], updated active sets, projection iterations, whether every
     projection completed).
@@ -306,11 +309,13 @@ def prox(problem: pb.Problem, z: jax.Array, threshold: jax.Array,
     rows = cone.groups(z)
     iterations, complete = jnp.asarray(0), jnp.asarray(True)
     if active is not None:
-        projection = cone.project_groups(problem, rows, z.shape, active, PROJECTION_ITERS,
+        projection = cone.project_groups(problem, rows, z.shape, active, max_iters,
                                          zero_below=threshold)
         rows, active, iterations = projection.point, projection.active, projection.iterations
         at_limit = active.used.shape[1] >= active_set_limit(problem)
-        complete = jnp.all(projection.complete) | at_limit   # no more room to give: accept
+        # a group out of room at the slot limit is accepted (no more room to give); one stopped
+        # by the step cap is not complete
+        complete = jnp.all(projection.complete | (projection.out_of_room & at_limit))
     norms = jnp.sqrt(jnp.sum(rows**2, axis=1, keepdims=True))
     shrunk = rows * (1.0 - threshold / jnp.maximum(norms, threshold))
     return cone.ungroup(shrunk, z.shape), active, iterations, complete
@@ -345,7 +350,8 @@ def admm_step(problem: pb.Problem, precond: Preconditioner, ft_y: jax.Array, sta
     u, pcg_iters = solve_u(problem, precond, rhs, state.u, rho, _forcing(state), settings)
     relaxed = RELAXATION * u + (1 - RELAXATION) * state.v
     v, active, projection_iters, complete = prox(problem, relaxed + state.lam,
-                                                 problem.beta / rho, state.active)
+                                                 problem.beta / rho, state.active,
+                                                 settings.projection_iters)
     lam = state.lam + relaxed - v
 
     tiny = jnp.finfo(u.dtype).tiny

@@ -85,6 +85,8 @@ class Projection(NamedTuple):
     active: the final active sets (warm start for the next call).
     iterations: Lawson–Hanson iterations run.
     complete: [G] bool, False where the iteration cap or the slot count was reached.
+    out_of_room: [G] bool, True where the slot count was reached (a violated constraint found
+        no free slot).
     refactorisations: how often rounding made H inaccurate enough to re-factorise it.
     """
 
@@ -92,6 +94,7 @@ class Projection(NamedTuple):
     active: ActiveSet
     iterations: jax.Array
     complete: jax.Array
+    out_of_room: jax.Array
     refactorisations: jax.Array
 
 
@@ -377,7 +380,7 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
                               lambda loop: until_stale(refactorised(loop)), loop)
     point = z + jnp.einsum("gk,gkd->gd", loop.mu, loop.rows)
     return Projection(point, loop.active, loop.iteration, loop.done & ~loop.out_of_room,
-                      loop.refactorisations)
+                      loop.out_of_room, loop.refactorisations)
 
 
 # ----------------------------------------------------------------------------- groups of the program
