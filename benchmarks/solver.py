@@ -14,9 +14,7 @@ table (--throughput-sizes) times ADMM iterations alone on the gated-ReLU program
 instances, whose iterations are matrix products only (no cone projections).
 Timings exclude compilation and synchronise before reading the clock: the same solve runs once
 first, so the timed run finds every program compiled (compilation left inside it, if any, is
-measured with jax.monitoring and subtracted; a warm-up of only 50 iterations left the programs
-of larger active sets to the timed run, whose compilation spans then overlapped running
-programs, and at n = 400 over a second of solving was subtracted with them).
+measured with jax.monitoring and subtracted).
 pyscnn needs torch, which flax-cronos never depends on: give the Python of a virtualenv with
 `torch==2.13.0` and `pyscnn` (installed with --no-deps; it needs no torchvision to run).
 """
