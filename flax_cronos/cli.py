@@ -11,6 +11,7 @@ Invalid input ends with a one-line message and exit code 2, never a traceback.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    _use_compilation_cache()
     try:
         if args.command == "train":
             return run_train(args, config_overrides(parser, unknown))
@@ -124,6 +126,27 @@ def main(argv=None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"flax-cronos: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _use_compilation_cache() -> None:
+    """Keeps compiled programs between runs in JAX's persistent compilation cache, unless one is
+    configured already (``JAX_COMPILATION_CACHE_DIR``): a relu solve compiles an ADMM program
+    per active-set size, about 3 s each on 2 CPU cores, often longer than the solve runs. The
+    folder is ``$XDG_CACHE_HOME/flax-cronos/jax`` (``~/.cache/flax-cronos/jax``), and it keeps
+    every program, however quick to compile (``flax-cronos demo``: 63 programs, 1 MB; 20 s
+    from an empty cache, 8.5 s from a full one, 10.5 s when only the programs of JAX's default
+    1 s or more are kept); where it cannot be created, runs go on without a cache."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flax-cronos" / "jax"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def config_overrides(parser: argparse.ArgumentParser, arguments: list[str]) -> dict:

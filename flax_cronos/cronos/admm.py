@@ -81,7 +81,7 @@ GAP_EVERY = 50          # ADMM iterations from a cold start to the first duality
 GAP_FIRST = 10          # ... or from a warm start; the same interval again (at most GAP_EVERY) ...
 FAR_GAP = 10            # ... or twice it after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 50   # Lawson–Hanson iterations per cone projection, at most (module docstring)
-FIRST_ACTIVE = 8        # active-set slots per group at the start; doubled when one fills up
+FIRST_ACTIVE = 64       # active-set slots per group at the start; doubled when one fills up
 MAX_ACTIVE = 512        # ... up to this many (or d, or n)
 RHO_SCALE = 0.5         # ρ = RHO_SCALE √(β / β̄), see default_rho
 RESIDUAL_FRACTION = 0.1  # residual test: both relative residuals ≤ tol · RESIDUAL_FRACTION
@@ -634,7 +634,13 @@ def active_set_limit(problem: pb.Problem) -> int:
 
 def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
     """Doubles the active-set slots when a group has filled them (a Lawson–Hanson step costs
-    O(k²) per group, so slots are not given before they are needed)."""
+    O(k²) per group, so slots are not given before they are needed).
+
+    Each slot count is another compiled ADMM program (about 3 s on 2 CPU cores), which is why
+    the slots start at ``FIRST_ACTIVE`` = 64 rather than a handful: [G, 64, 64] steps cost
+    next to nothing, and the relu benchmark at d = 256, whose active sets fill within six
+    iterations, compiles 3 programs instead of 6 (n = 400: 28 s → 17 s from a fresh process,
+    the same 1.7 s once compiled; docs/benchmarks.md)."""
     if state.active is None:
         return state
     slots = state.active.used.shape[1]

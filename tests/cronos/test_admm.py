@@ -225,19 +225,27 @@ def test_a_solve_whose_rho_grows_early_reaches_the_cvxpy_optimum(monkeypatch):
 def test_projections_cut_short_early_still_reach_the_cvxpy_optimum(monkeypatch):
     """With at most 2 Lawson–Hanson steps per projection (the default is 50), a projection
     from an empty active set stops long before it is exact, and the active sets fill over many
-    ADMM iterations; the solve still ends at CVXPY's optimum, with feasible weights, and its
-    iterates were infeasible on the way (so the cap did bind)."""
+    ADMM iterations, starting from one slot per group and doubling it whenever one fills (the
+    default starts at 64, more than this problem's d + 1 = 6); the solve still ends at
+    CVXPY's optimum, with feasible weights, and its iterates were infeasible on the way (so
+    the cap did bind) while the slots grew to d + 1."""
     from flax_cronos.cronos import admm
 
     monkeypatch.setattr(admm, "PROJECTION_ITERS", 2)
+    monkeypatch.setattr(admm, "FIRST_ACTIVE", 1)
     monkeypatch.setattr(admm, "CHUNK", 1)           # a progress report after every iteration
     x, y = data(2)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=0.05, intercept=True, dtype="float64",
                                  tol=1e-7, max_iters=20_000)
-    complete = []
-    solution = cronos.solve(x, y, config, key=jax.random.key(1),
-                            callback=lambda state: complete.append(bool(state.projections_complete)))
+    complete, slots = [], []
+
+    def record(state):
+        complete.append(bool(state.projections_complete))
+        slots.append(state.active.used.shape[1])
+
+    solution = cronos.solve(x, y, config, key=jax.random.key(1), callback=record)
     assert not all(complete)
+    assert min(slots) < DIM + 1 == max(slots)
     expected = reference_objective(x, y, np.asarray(solution.params.gates, np.float64), 0.05, "relu")
     assert solution.status == cronos.SolveStatus.CONVERGED
     assert solution.stats.objective == pytest.approx(expected, rel=1e-4)
