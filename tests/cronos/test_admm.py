@@ -225,14 +225,14 @@ def test_a_solve_whose_rho_grows_early_reaches_the_cvxpy_optimum(monkeypatch):
 def test_projections_cut_short_early_still_reach_the_cvxpy_optimum(monkeypatch):
     """With at most 2 Lawson–Hanson steps per projection (the default is 50), a projection
     from an empty active set stops long before it is exact, and the active sets fill over many
-    ADMM iterations, starting from one slot per group and doubling it whenever one fills (the
-    default starts at 64, more than this problem's d + 1 = 6); the solve still ends at
+    ADMM iterations, starting from 3 slots per group and doubling them when one fills, to
+    d + 1 = 6 (the default starts at 64, more than this problem has); the solve still ends at
     CVXPY's optimum, with feasible weights, and its iterates were infeasible on the way (so
     the cap did bind) while the slots grew to d + 1."""
     from flax_cronos.cronos import admm
 
     monkeypatch.setattr(admm, "PROJECTION_ITERS", 2)
-    monkeypatch.setattr(admm, "FIRST_ACTIVE", 1)
+    monkeypatch.setattr(admm, "FIRST_ACTIVE", 3)
     monkeypatch.setattr(admm, "CHUNK", 1)           # a progress report after every iteration
     x, y = data(2)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=0.05, intercept=True, dtype="float64",

@@ -39,6 +39,9 @@ def run_processes(folder: Path) -> None:
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={worker.DEVICES}",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # no shared compile cache: the processes compile the same programs at once, and JAX writes
+    # cache entries without a lock
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     logs = [folder / f"process_{i}.log" for i in range(worker.PROCESSES)]
     processes = []
     for i, log in enumerate(logs):
