@@ -140,10 +140,11 @@ def _use_compilation_cache() -> None:
 
     if jax.config.jax_compilation_cache_dir:
         return
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flax-cronos" / "jax"
     try:
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = cache_home / "flax-cronos" / "jax"
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):                 # RuntimeError: no home folder
         return
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
