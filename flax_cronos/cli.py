@@ -133,9 +133,9 @@ def _use_compilation_cache() -> None:
     configured already (``JAX_COMPILATION_CACHE_DIR``): a relu solve compiles an ADMM program
     per active-set size, about 3 s each on 2 CPU cores, often longer than the solve runs. The
     folder is ``$XDG_CACHE_HOME/flax-cronos/jax`` (``~/.cache/flax-cronos/jax``), and it keeps
-    every program, however quick to compile (``flax-cronos demo``: 63 programs, 1 MB; 20 s
-    from an empty cache, 8 s from a full one, 10.5 s when only the programs of JAX's default
-    1 s or more are kept); where it cannot be created, runs go on without a cache."""
+    every program, however quick to compile (JAX's default keeps those of 1 s or more; the
+    demo's times both ways are in docs/benchmarks.md); where it cannot be created, runs go on
+    without a cache."""
     import jax
 
     if jax.config.jax_compilation_cache_dir:
