@@ -1,5 +1,6 @@
 """Shared test set-up: float64 available, offline Hugging Face, 8 host CPU devices, a persistent
-compile cache, and compiled programs released after each test module."""
+compile cache shared by the worker processes, and compiled programs released after each test
+module."""
 
 import os
 from pathlib import Path
@@ -14,16 +15,22 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
                                                      "--xla_force_host_platform_device_count=8"]))
 
-# the persistent compile cache, set in the environment so that the subprocesses tests start
-# (the command line, killed and resumed training runs) share it: each compiled the same
-# programs again, 20 s a run for the trainer's
+# the persistent compile cache, set in the environment so that the pytest-xdist workers and the
+# subprocesses tests start (the command line, killed and resumed training runs) share it: each
+# compiled the same programs again, 20 s a run for the trainer's
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(__file__).resolve().parents[1] / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# on a GPU, every worker process takes memory as it needs it instead of 75% of it at start
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+# this process has read its JAX settings; the subprocesses tests start repeat one another's
+# programs (the trainer's resumed runs, the command line's), small ones too, so they keep every
+# program in the cache: 4 s less a trainer run
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -230,28 +230,26 @@ def comparable(history_file: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    completed = run_training(workdir, "none")
+def saved_rounds(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_a_run_killed_twice_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
+    """Killed in round 2's backbone phase (round 1's save may still be in flight), resumed and
+    killed again while committing round 2's checkpoint, then resumed to the end: the parameters
+    and metrics of a run never interrupted."""
+    uninterrupted = tmp_path / "uninterrupted"
+    completed = run_training(uninterrupted, "none")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return workdir
 
-
-@pytest.mark.parametrize("kill, complete_rounds", [
-    ("step:6", ([0], [0, 1])),      # in round 2's backbone phase; round 1's save may be in flight
-    ("commit:2", ([0, 1],)),        # while committing round 2's checkpoint
-])
-def test_a_killed_run_resumes_to_the_same_parameters_bit_for_bit(tmp_path, uninterrupted, kill,
-                                                                   complete_rounds):
     workdir = tmp_path / "run"
-    killed = run_training(workdir, kill)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps in complete_rounds                 # the interrupted round left no checkpoint
-
+    for kill, complete_rounds in [("step:6", ([0], [0, 1])), ("commit:2", ([0, 1],))]:
+        killed = run_training(workdir, kill)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        assert saved_rounds(workdir) in complete_rounds   # the interrupted round left no checkpoint
     resumed = run_training(workdir, "none")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert saved_rounds(workdir) == saved_rounds(uninterrupted)
     expected = final_params(uninterrupted)
     got = final_params(workdir)
     assert sorted(got) == sorted(expected)
