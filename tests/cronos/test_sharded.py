@@ -41,14 +41,14 @@ def test_sharded_solve_equals_single_device_solve_float64(activation, classes):
     assert_same_solution(sharded, single, rtol=1e-10)
 
 
-@pytest.mark.parametrize("activation, classes", [("gated_relu", 3), ("relu", 2)])
-def test_sharded_solve_equals_single_device_solve_float32(activation, classes):
+def test_sharded_solve_equals_single_device_solve_float32():
     """float32, 200 iterations: the iterates agree to about 1e-5 of the largest weight, the
     objective terms to 1e-5. Float32 rounding of the reductions, summed in another order (per
     device, and on one CPU device through the transposed copy of X), is amplified by the
-    u-system's conditioning; the streamed solve and the in-memory one differ as much."""
-    x, y = data(classes)
-    settings = dataclasses.replace(config(activation, "float32"), max_iters=200)
+    u-system's conditioning; the streamed solve and the in-memory one differ as much. (The cone
+    projections on sharded rows are the float64 test's.)"""
+    x, y = data(3)
+    settings = dataclasses.replace(config("gated_relu", "float32"), max_iters=200)
     single = cronos.solve(x, y, settings, key=jax.random.key(1))
     sharded = cronos.solve(x, y, settings, key=jax.random.key(1), mesh=rows.row_mesh())
     assert_same_solution(sharded, single, rtol=1e-5, weights_rtol=1e-4, statistics=False)
