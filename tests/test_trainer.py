@@ -50,6 +50,10 @@ def leaves(params):
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
+def saved_rounds(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def test_round_zero_head_is_the_global_optimum_on_the_backbone_features():
     train, val = small_data(n=120, classes=2)
     am = AlternatingTrainer(MLP(widths=(8,)),
@@ -175,8 +179,7 @@ def test_the_latest_and_the_best_checkpoints_are_kept(tmp_path):
     train, val = small_data()
     result = trainer(rounds=3, max_to_keep=1).fit(train, val, workdir=tmp_path, progress=False)
     best = max(result.history, key=lambda r: r["val_accuracy"])["round"]
-    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept == sorted({3, best})
+    assert saved_rounds(tmp_path) == sorted({3, best})
 
 
 # ----------------------------------------------------------------------------- SIGKILL and resume
@@ -228,10 +231,6 @@ def comparable(history_file: Path) -> list[dict]:
     """Metrics lines without the wall-clock entries."""
     records = [json.loads(line) for line in history_file.read_text().splitlines()]
     return [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
-
-
-def saved_rounds(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def test_a_run_killed_twice_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
