@@ -147,7 +147,7 @@ def test_train_recipe_then_evaluate_its_best_checkpoint(tmp_path):
     (["--config.cronos.patterns=many"], "cannot be casted"),
     (["--oops"], "unrecognized argument"),
 ])
-def test_bad_train_settings_are_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+def test_bad_train_settings_are_named_with_exit_code_2(tmp_path, capsys, args, message):
     code = exit_code_in_this_process("train", ROOT / "recipes/mlp_fashion_mnist.py",
                                      "--workdir", tmp_path, *args)
     assert code == 2
