@@ -190,6 +190,7 @@ RUN_SCRIPT = textwrap.dedent('''
     import jax
     import numpy as np
     import flax_cronos.training as training_module
+    from flax_cronos.trainer import AlternatingTrainer
     from tests.test_trainer import leaves, small_data, trainer
 
     workdir, kill = sys.argv[1], sys.argv[2]
@@ -208,6 +209,13 @@ RUN_SCRIPT = textwrap.dedent('''
                 os.kill(os.getpid(), signal.SIGKILL)
             return finalize(self, *args, **kwargs)
         atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+    rounds_started = open(workdir.rstrip("/") + ".rounds", "a", buffering=1)
+    print("process", file=rounds_started)
+    backbone_phase = AlternatingTrainer._backbone_phase
+    def recording_backbone_phase(self, state, train_step, inputs, targets, round_, *args):
+        print(round_, file=rounds_started)                 # every round starts here, 0 included
+        return backbone_phase(self, state, train_step, inputs, targets, round_, *args)
+    AlternatingTrainer._backbone_phase = recording_backbone_phase
     train, val = small_data()
     result = trainer(rounds=3).fit(train, val, workdir=workdir, progress=False)
     np.savez(os.path.join(workdir, "final.npz"), **leaves(result.params))
@@ -227,6 +235,12 @@ def final_params(workdir: Path) -> dict:
         return {name: data[name] for name in data.files}
 
 
+def rounds_started(workdir: Path) -> list[list[int]]:
+    """The rounds each training process in ``workdir`` started, one list per process."""
+    processes = workdir.with_suffix(".rounds").read_text().split("process\n")[1:]
+    return [[int(round_) for round_ in process.split()] for process in processes]
+
+
 def comparable(history_file: Path) -> list[dict]:
     """Metrics lines without the wall-clock entries."""
     records = [json.loads(line) for line in history_file.read_text().splitlines()]
@@ -236,19 +250,26 @@ def comparable(history_file: Path) -> list[dict]:
 def test_a_run_killed_twice_resumes_to_the_same_parameters_bit_for_bit(tmp_path):
     """Killed in round 2's backbone phase (round 1's save may still be in flight), resumed and
     killed again while committing round 2's checkpoint, then resumed to the end: the parameters
-    and metrics of a run never interrupted."""
+    and metrics of a run never interrupted, and each resumed process starts after the last
+    checkpoint instead of recomputing saved rounds."""
     uninterrupted = tmp_path / "uninterrupted"
     completed = run_training(uninterrupted, "none")
     assert completed.returncode == 0, completed.stderr[-3000:]
 
+    assert rounds_started(uninterrupted) == [[0, 1, 2, 3]]
+
     workdir = tmp_path / "run"
+    last_saved = []
     for kill, complete_rounds in [("step:6", ([0], [0, 1])), ("commit:2", ([0, 1],))]:
         killed = run_training(workdir, kill)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
         assert saved_rounds(workdir) in complete_rounds   # the interrupted round left no checkpoint
+        last_saved.append(saved_rounds(workdir)[-1])
     resumed = run_training(workdir, "none")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert saved_rounds(workdir) == saved_rounds(uninterrupted)
+    # each process began with the round after the last checkpoint: no saved round was recomputed
+    assert [rounds[0] for rounds in rounds_started(workdir)] == [0] + [r + 1 for r in last_saved]
     expected = final_params(uninterrupted)
     got = final_params(workdir)
     assert sorted(got) == sorted(expected)
