@@ -242,7 +242,8 @@ def final_params(workdir: Path) -> dict:
 
 
 def rounds_started(workdir: Path) -> list[list[int]]:
-    """The rounds each training process in ``workdir`` started, one list per process."""
+    """The rounds each training process in ``workdir`` started, one list per process (RUN_SCRIPT
+    logs them to ``<workdir>.rounds``)."""
     processes = workdir.with_suffix(".rounds").read_text().split("process\n")[1:]
     return [[int(round_) for round_ in process.split()] for process in processes]
 
@@ -261,7 +262,6 @@ def test_a_run_killed_twice_resumes_to_the_same_parameters_bit_for_bit(tmp_path)
     uninterrupted = tmp_path / "uninterrupted"
     completed = run_training(uninterrupted, "none")
     assert completed.returncode == 0, completed.stderr[-3000:]
-
     assert rounds_started(uninterrupted) == [[0, 1, 2, 3]]
 
     workdir = tmp_path / "run"
