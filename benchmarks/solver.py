@@ -164,6 +164,11 @@ def first_time_within(trajectory, optimum, target=GAP_TARGET):
     return None
 
 
+def sizes(text: str) -> list[int]:
+    """"400,4000" → [400, 4000]; "" → [] (skips that table)."""
+    return [int(size) for size in text.split(",") if size]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="400,4000,20000")
@@ -205,7 +210,7 @@ def main() -> None:
     rows = []
     print(f"# {platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
           f"float32 matmul {rate:.0f} GFLOP/s; preconditioner {args.preconditioner}")
-    for n in map(int, args.sizes.split(",")):
+    for n in sizes(args.sizes):
         x, labels, gates, beta = make_instance(n, args.dim, args.patterns, args.beta_fraction)
         row = {"n": n, "beta": beta}
         solution, seconds, trajectory = run_cronos(x, labels, gates, beta, args.patterns,
@@ -255,7 +260,7 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
     throughput = []
-    for n in [int(size) for size in args.throughput_sizes.split(",") if size]:
+    for n in sizes(args.throughput_sizes):
         t = iteration_throughput(n, args.dim, args.patterns, args.beta_fraction,
                                  args.preconditioner)
         throughput.append(t)
