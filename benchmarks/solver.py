@@ -115,12 +115,15 @@ def run_cronos(x, labels, gates, beta, patterns, dtype, tol, max_iters, precondi
 def product_flops(n: int, dim: int, patterns: int, halves: int, iterations: int,
                   pcg_iterations: int, projection_iterations: int) -> float:
     """Floating-point operations of a solve's products with X, each a [n, d] × [d, P] product
-    (2·n·d·P flops): X z and Xᵀ r once per PCG iteration and per ADMM iteration (F acts on the
-    difference of the halves, Fᵀ returns ± one product), and for relu one [n, d] × [d, H·P] scan
-    for the most violated constraint per Lawson–Hanson step. The duality-gap checks (their number
-    varies, see ``admm.with_gap``) are not counted, so this is a lower bound."""
+    (2·n·d·P flops): X z and Xᵀ r once per PCG iteration and once per ADMM iteration whose
+    u-step computes PCG's starting residual (every ``admm.IMAGE_REFRESH``-th from a cold start;
+    F acts on the difference of the halves, Fᵀ returns ± one product), and for relu one
+    [n, d] × [d, H·P] scan for the most violated constraint per Lawson–Hanson step. The
+    duality-gap checks and the starting residuals recomputed after ρ changed (their numbers
+    vary, see ``admm.with_gap`` and ``admm.early_rho``) are not counted: a lower bound."""
     gemm = 2.0 * n * dim * patterns
-    return gemm * 2 * (pcg_iterations + iterations) + gemm * halves * projection_iterations
+    refreshes = -(-iterations // admm.IMAGE_REFRESH)
+    return gemm * 2 * (pcg_iterations + refreshes) + gemm * halves * projection_iterations
 
 
 def iteration_throughput(n: int, dim: int, patterns: int, fraction: float, preconditioner: str,

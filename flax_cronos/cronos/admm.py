@@ -25,13 +25,15 @@ preconditioned by an approximation of H that depends on neither ρ nor β (warm 
 
 Inexact solves: PCG stops at ‖r‖ ≤ η_k ‖rhs‖, η_k = min(0.1 (1+k)^{-1.2}, 0.1 √(r_p r_d))
 (a summable forcing sequence, tightened as ADMM converges: r_p and r_d are the relative primal
-and dual residuals below), warm-started from the last u. The cone projections are inexact
-early on in the same spirit: each runs at most ``PROJECTION_ITERS`` Lawson–Hanson steps from
-the last iteration's active sets, so while z still moves far between iterations an active set
-fills over several of them instead of being solved exactly for a point the next iteration
-discards (relu at n = 4000 / 20,000 / 50,000: 1.7× / 1.4× / 1.5× faster than with 200 steps,
-same optimum; docs/benchmarks.md). A projection that stopped early leaves v slightly outside
-its cone, so ADMM stops only after iterations whose projections all completed.
+and dual residuals below), warm-started from the last u, whose image under the system matrix
+the last PCG run already knows (``solve_u``: no product for the starting residual in nine
+iterations of ten). The cone projections are inexact early on in the same spirit: each runs
+at most ``PROJECTION_ITERS`` Lawson–Hanson steps from the last iteration's active sets, so
+while z still moves far between iterations an active set fills over several of them instead
+of being solved exactly for a point the next iteration discards (relu at n = 4000 / 20,000 /
+50,000: 1.7× / 1.4× / 1.5× faster than with 200 steps, same optimum; docs/benchmarks.md).
+A projection that stopped early leaves v slightly outside its cone, so ADMM stops only after
+iterations whose projections all completed.
 
 Where the rows live (``rows.py``): every product with X is a reduction over blocks of rows, so
 this code runs unchanged on one device, on rows sharded over a device mesh (XLA's partitioner
@@ -82,6 +84,7 @@ GAP_EVERY = 50          # ADMM iterations from a cold start to the first duality
 GAP_FIRST = 10          # ... or from a warm start; the same interval again (at most GAP_EVERY) ...
 FAR_GAP = 10            # ... or twice it after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 50   # Lawson–Hanson iterations per cone projection, at most (module docstring)
+IMAGE_REFRESH = 10      # every IMAGE_REFRESH-th u-step computes its starting residual (``solve_u``)
 FIRST_ACTIVE = 64       # active-set slots per group at the start; doubled when one fills up
 MAX_ACTIVE = 512        # ... up to this many (or d, or n)
 RHO_SCALE = 0.5         # ρ = RHO_SCALE √(β / β̄), see default_rho
@@ -198,7 +201,9 @@ class AdmmState(NamedTuple):
     gap_at: the iteration whose v the gap bounds (−1: none yet); gap_every: iterations from
     that one to the next check; rho_growth: ρ over its value at the (re)start
     (``early_rho``); projections_complete is False when the last projections ran
-    out of active-set slots or iterations (v may then be infeasible).
+    out of active-set slots or iterations (v may then be infeasible); u_image: [d, P, C]
+    (I + αH) Δ of the last u-step's solution Δ = Σ_h σ_h u_h, image_rho: the ρ of its α
+    (0: none), the next u-step's start (``solve_u``).
     """
 
     u: jax.Array
@@ -217,6 +222,8 @@ class AdmmState(NamedTuple):
     gap_at: jax.Array
     gap_every: jax.Array
     projections_complete: jax.Array
+    u_image: jax.Array
+    image_rho: jax.Array
 
 
 class Settings(NamedTuple):
@@ -271,13 +278,22 @@ def apply_preconditioner(precond: Preconditioner, r: jax.Array, alpha) -> jax.Ar
     return flat.reshape(r.shape)
 
 
-def solve_u(problem: pb.Problem, precond: Preconditioner, rhs: jax.Array, u0: jax.Array,
-            rho: jax.Array, forcing: jax.Array, settings: Settings):
-    """Solves (I + ρ⁻¹FᵀF) u = rhs, warm-started at u0. Returns (u, PCG iterations)."""
+def solve_u(problem: pb.Problem, precond: Preconditioner, rhs: jax.Array, state: AdmmState,
+            forcing: jax.Array, settings: Settings):
+    """Solves (I + ρ⁻¹FᵀF) u = rhs, warm-started at the last u.
+
+    PCG's starting residual b − A Δ₀ needs a product with A = I + αH, as much as a PCG
+    iteration, and near convergence an ADMM iteration runs only a few of those. The last
+    u-step's PCG knows A Δ₀ already (b_prev minus its final residual, ``state.u_image``), so
+    it is computed afresh only every ``IMAGE_REFRESH``-th iteration, which bounds how far the
+    recursion's rounding can drift, and after ρ changed (A with it).
+
+    Returns (u, PCG iterations, A Δ of the new solution Δ).
+    """
     signs = pb.half_signs(rhs.shape[0], rhs.dtype)[:, None, None, None]
     halves = rhs.shape[0]
     combined = jnp.sum(signs * rhs, axis=0)               # b_v − b_w (relu) or b (gated)
-    alpha = _system_weight(settings.activation, rho)
+    alpha = _system_weight(settings.activation, state.rho)
 
     def matvec(z):
         return z + alpha * pattern_gram(problem, z)
@@ -286,14 +302,17 @@ def solve_u(problem: pb.Problem, precond: Preconditioner, rhs: jax.Array, u0: ja
         return apply_preconditioner(precond, r, alpha)
 
     tol = forcing * jnp.sqrt(jnp.sum(combined**2, axis=(0, 1)))
-    start = jnp.sum(signs * u0, axis=0)
-    result = pcg(matvec, combined, start, precondition, tol, settings.pcg_max_iters)
+    start = jnp.sum(signs * state.u, axis=0)
+    refresh = (state.image_rho != state.rho) | (state.iteration % IMAGE_REFRESH == 0)
+    start_image = jax.lax.cond(refresh, matvec, lambda _: state.u_image, start)
+    result = pcg(matvec, combined, start, precondition, tol, settings.pcg_max_iters,
+                 start_residual=combined - start_image)
     if halves == 2:
         total = rhs[0] + rhs[1]                            # (I) Σ = b_v + b_w
         u = jnp.stack([0.5 * (total + result.x), 0.5 * (total - result.x)])
     else:
         u = result.x[None]
-    return u, result.iterations
+    return u, result.iterations, combined - result.residual
 
 
 # ----------------------------------------------------------------------------- the v-step
@@ -348,7 +367,7 @@ def admm_step(problem: pb.Problem, precond: Preconditioner, ft_y: jax.Array, sta
     """One CRONOS iteration (pure; jits). ``ft_y`` is FᵀY: [H, d, P, C]."""
     rho = state.rho
     rhs = ft_y / rho + state.v - state.lam
-    u, pcg_iters = solve_u(problem, precond, rhs, state.u, rho, _forcing(state), settings)
+    u, pcg_iters, u_image = solve_u(problem, precond, rhs, state, _forcing(state), settings)
     relaxed = RELAXATION * u + (1 - RELAXATION) * state.v
     v, active, projection_iters, complete = prox(problem, relaxed + state.lam,
                                                  problem.beta / rho, state.active,
@@ -362,7 +381,7 @@ def admm_step(problem: pb.Problem, precond: Preconditioner, ft_y: jax.Array, sta
                            pcg_iterations=state.pcg_iterations + pcg_iters,
                            projection_iterations=state.projection_iterations + projection_iters,
                            primal_residual=primal, dual_residual=dual,
-                           projections_complete=complete)
+                           projections_complete=complete, u_image=u_image, image_rho=rho)
     return early_rho(state) if settings.early_rho else state
 
 
@@ -519,7 +538,8 @@ def init_state(problem: pb.Problem, config: CronosConfig,
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
                      projection_iterations=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,
-                     projections_complete=jnp.asarray(True))
+                     projections_complete=jnp.asarray(True),
+                     u_image=jnp.zeros_like(weights[0]), image_rho=jnp.zeros_like(rho))
 
 
 def _normalised_weights(problem: pb.Problem, init: ConvexParams, shape) -> jax.Array:

@@ -7,10 +7,14 @@ value) it is frozen at its last good iterate and reported. Standard PCG (Saad, A
 
     r = b − A x₀,  z = P⁻¹ r,  p = z
     repeat:  α = rᵀz / pᵀAp,  x += α p,  r −= α A p,  z' = P⁻¹ r,  p = z' + (r'ᵀz' / rᵀz) p
+
+The residual r is updated by recursion, never recomputed, and returned: a caller that solves
+a sequence of systems with the same A, each warm-started at the last solution, knows the next
+starting residual b' − A x = r + (b' − b) without a product with A (``start_residual``).
 """
 
 import enum
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +30,14 @@ class PCGResult(NamedTuple):
     """Attributes:
     x: [..., k] the solution.
     iterations: number of iterations run (the slowest column).
-    residual_norm: [k] final ‖b − A x‖₂ per column.
+    residual: [..., k] the final residual b − A x (by PCG's recursion: exact up to rounding).
+    residual_norm: [k] its norm per column.
     status: [k] a ``PCGStatus`` per column.
     """
 
     x: jax.Array
     iterations: jax.Array
+    residual: jax.Array
     residual_norm: jax.Array
     status: jax.Array
 
@@ -42,7 +48,7 @@ def _columns_dot(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def pcg(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, x0: jax.Array,
         precondition: Callable[[jax.Array], jax.Array], tol: jax.Array,
-        max_iters: int) -> PCGResult:
+        max_iters: int, start_residual: Optional[jax.Array] = None) -> PCGResult:
     """Solves A x = b column by column for a symmetric positive definite A.
 
     Args:
@@ -52,9 +58,10 @@ def pcg(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, x0: jax.Array,
         precondition: r ↦ P⁻¹ r, symmetric positive definite.
         tol: scalar or [k] absolute residual tolerance.
         max_iters: iteration cap (static).
+        start_residual: b − A x₀ when the caller knows it (default: computed, one product).
     """
     tol = jnp.broadcast_to(jnp.asarray(tol, b.dtype), b.shape[-1:])
-    r = b - matvec(x0)
+    r = b - matvec(x0) if start_residual is None else start_residual
     z = precondition(r)
     rz = _columns_dot(r, z)
     active = jnp.sqrt(_columns_dot(r, r)) > tol
@@ -87,4 +94,4 @@ def pcg(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, x0: jax.Array,
     iterations, x, r, _, _, _, active, broken = jax.lax.while_loop(cond, body, init)
     status = jnp.where(broken, PCGStatus.BREAKDOWN,
                        jnp.where(active, PCGStatus.MAX_ITERATIONS, PCGStatus.CONVERGED))
-    return PCGResult(x, iterations, jnp.sqrt(_columns_dot(r, r)), status)
+    return PCGResult(x, iterations, r, jnp.sqrt(_columns_dot(r, r)), status)

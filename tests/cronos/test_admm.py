@@ -198,28 +198,59 @@ def test_early_rho_doubles_while_the_primal_residual_dominates_and_then_returns(
     assert not admm.settings_of(dataclasses.replace(config, activation="gated_relu")).early_rho
 
 
-def test_a_solve_whose_rho_grows_early_reaches_the_cvxpy_optimum(monkeypatch):
+def rho_grows_early_instance():
     """More rows than the CVXPY cases above at a small β: the primal residual starts hundreds
-    of times the dual one, so ρ grows in the early phase; the solve still ends at CVXPY's
-    optimum, with ρ back at its start."""
-    from flax_cronos.cronos import admm
-
-    monkeypatch.setattr(admm, "CHUNK", 1)           # a progress report after every iteration
+    of times the dual one, so ρ grows in the early phase. Returns (x, y, gates, beta, config)."""
     x, y = teacher_classes(400, DIM, 2, width=8, noise=0.1, seed=0)
     gates = np.asarray(cronos.sample_gates(jax.random.key(0), DIM, PATTERNS), np.float64)
     targets, _ = pb.encode_targets(y, "classification", len(y))
     beta = 0.01 * max(np.linalg.norm(x.T @ ((x @ g >= 0) * targets[:, 0])) for g in gates.T)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=beta, dtype="float64", tol=1e-7,
                                  max_iters=20_000)
+    return x, y, gates, beta, config
+
+
+def test_a_solve_whose_rho_grows_early_reaches_the_cvxpy_optimum(monkeypatch):
+    """ρ grows in the early phase; the solve still ends at CVXPY's optimum, with ρ back at
+    its start."""
+    from flax_cronos.cronos import admm
+
+    monkeypatch.setattr(admm, "CHUNK", 1)           # a progress report after every iteration
+    x, y, gates, beta, config = rho_grows_early_instance()
     rhos = []
     solution = cronos.solve(x, y, config, key=jax.random.key(0), gates=gates,
                             callback=lambda state: rhos.append(float(state.rho)))
     start = float(admm.default_rho(admm.prepare(x, y, config, key=jax.random.key(0),
                                                 gates=gates)[0], "relu"))
     assert max(rhos) >= 2 * start and solution.stats.rho == pytest.approx(start)
+    targets, _ = pb.encode_targets(y, "classification", len(y))
     expected = cvxpy_solve(x, targets, gates, beta, "relu")[0]
     assert solution.status == cronos.SolveStatus.CONVERGED
     assert solution.stats.objective == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_u_steps_carried_start_matches_a_direct_product(monkeypatch):
+    """The u-step starts PCG from the last u-step's (I + αH)Δ (``u_image``: its right-hand
+    side minus PCG's recursive residual) instead of a product with H, except every
+    IMAGE_REFRESH-th iteration and after ρ changed. After every iteration of a solve whose ρ
+    grows and returns, that carried image equals the product computed directly."""
+    from flax_cronos.cronos import admm
+
+    monkeypatch.setattr(admm, "CHUNK", 1)
+    x, y, gates, _, config = rho_grows_early_instance()
+    problem = admm.prepare(x, y, config, key=jax.random.key(0), gates=gates)[0]
+    errors, rhos = [], []
+
+    def record(state):
+        delta = state.u[0] - state.u[1]
+        alpha = 2.0 / state.image_rho
+        direct = delta + alpha * admm.pattern_gram(problem, delta)
+        errors.append(float(jnp.linalg.norm(state.u_image - direct) / jnp.linalg.norm(direct)))
+        rhos.append(float(state.rho))
+
+    solution = cronos.solve(x, y, config, key=jax.random.key(0), gates=gates, callback=record)
+    assert solution.stats.iterations > 2 * admm.IMAGE_REFRESH and len(set(rhos)) == 2   # up, back
+    assert max(errors) < 1e-10
 
 
 def test_projections_cut_short_early_still_reach_the_cvxpy_optimum(monkeypatch):

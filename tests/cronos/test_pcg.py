@@ -47,3 +47,24 @@ def test_iteration_cap_and_breakdown_are_reported():
                  lambda r: r, tol=1e-12, max_iters=10)
     assert broken.status[0] == PCGStatus.BREAKDOWN
     assert np.all(np.isfinite(broken.x))
+
+
+def test_a_carried_residual_starts_the_next_system_without_a_product():
+    """The returned residual is b − A x, so a warm start for b' begins at r + (b' − b): the
+    next solve then traces A once (its loop body) instead of twice, and still solves A x = b'."""
+    rng = np.random.default_rng(3)
+    a = spd(rng, 30, 1e3)
+    b, b_next = rng.normal(size=(30, 2)), rng.normal(size=(30, 2))
+    first = pcg(lambda x: jnp.asarray(a) @ x, jnp.asarray(b), jnp.zeros((30, 2)), lambda r: r,
+                tol=1e-10, max_iters=200)
+    np.testing.assert_allclose(first.residual, b - a @ np.asarray(first.x), atol=1e-9)
+    traced = []
+
+    def counted_matvec(x):
+        traced.append(x.shape)
+        return jnp.asarray(a) @ x
+
+    second = pcg(counted_matvec, jnp.asarray(b_next), first.x, lambda r: r, tol=1e-10,
+                 max_iters=200, start_residual=first.residual + (b_next - b))
+    assert len(traced) == 1
+    np.testing.assert_allclose(second.x, np.linalg.solve(a, b_next), rtol=1e-6, atol=1e-12)
