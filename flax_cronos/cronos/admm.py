@@ -590,7 +590,7 @@ def prepare(x, y, config: CronosConfig, *, key: jax.Array, gates=None, mesh: Opt
         stream = _stream(x, targets, dtype, config.intercept, block_rows)
         stream = stream.with_masks(lambda block: pb.activation_patterns(block, gates))
         problem = pb.Problem(None, None, None, one, beta, stream)
-    problem = pb.with_row_norms(pb.with_transposed_rows(pb.normalise(problem)))
+    problem = pb.with_row_norms(pb.normalise(pb.with_transposed_rows(problem)))
     precond = build_preconditioner(problem, sketch_key, config.preconditioner, config.rank)
     return problem, precond, gates
 

@@ -19,7 +19,8 @@ Why not only Nyström (``nystrom.py``, the paper's): with random gates, a_ij ≈
 diagonal and ½ on it, so H's large eigenvalues form a d-dimensional cluster (the direction
 where all patterns agree) at about (P + 1)/4 times XᵀX's spectrum. A rank-r sketch with r ≪ d
 captures r of those d directions; this preconditioner captures all of them, from two Gram
-matrices that cost one pass over the rows. Measured in docs/benchmarks.md.
+matrices: XᵀX, which ``problem.normalise`` computed already, and one pass over the rows for
+A. Measured in docs/benchmarks.md.
 """
 
 from typing import NamedTuple
@@ -47,13 +48,15 @@ class KroneckerApprox(NamedTuple):
 
 
 def kronecker(problem) -> KroneckerApprox:
-    """The factors S = XᵀX and A of a ``problem.Problem``, summed over its row blocks."""
+    """The factors S = XᵀX and A of a normalised ``problem.Problem`` (``problem.normalise``
+    keeps S), A summed over its row blocks."""
 
-    def gram_matrices(rows):
+    def weighted_pattern_gram(rows):
         weighted = rows.masks * jnp.sum(rows.x**2, axis=1, keepdims=True)
-        return rows.x.T @ rows.x, weighted.T @ rows.masks
+        return weighted.T @ rows.masks
 
-    gram, pattern_gram = reduce_rows(problem, gram_matrices)
+    gram = problem.gram
+    pattern_gram = reduce_rows(problem, weighted_pattern_gram)
     pattern_gram = pattern_gram / jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
     gram_eigvals, gram_eigvecs = jnp.linalg.eigh(gram)
     pattern_eigvals, pattern_eigvecs = jnp.linalg.eigh(pattern_gram)

@@ -1,6 +1,5 @@
 """The Kronecker preconditioner against dense linear algebra and a case where it is exact."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -11,9 +10,10 @@ DIM, PATTERNS = 4, 3
 
 
 def problem_of(x: np.ndarray, masks: np.ndarray) -> pb.Problem:
+    """The normalised program of x (whose XᵀX the preconditioner reuses)."""
     one = jnp.ones((), jnp.float64)
-    return pb.Problem(jnp.asarray(x), jnp.asarray(masks, jnp.float64),
-                      jnp.zeros((len(x), 1)), one, one)
+    return pb.normalise(pb.Problem(jnp.asarray(x), jnp.asarray(masks, jnp.float64),
+                                   jnp.zeros((len(x), 1)), one, one))
 
 
 def dense_pattern_gram(problem: pb.Problem) -> np.ndarray:
@@ -29,6 +29,7 @@ def test_applies_the_inverse_of_identity_plus_alpha_a_kron_s():
     masks = rng.integers(0, 2, (50, PATTERNS))
     problem = problem_of(x, masks)
     approx = kronecker.kronecker(problem)
+    x = np.asarray(problem.x)                                  # normalised
     blocks = dense_pattern_gram(problem).reshape(DIM, PATTERNS, DIM, PATTERNS)
     a = np.einsum("kikj->ij", blocks) / np.trace(x.T @ x)     # tr(H_ij) = a_ij tr(XᵀX)
     dense = np.eye(DIM * PATTERNS) + 0.7 * np.kron(x.T @ x, a)
@@ -47,7 +48,7 @@ def test_is_exact_when_every_block_is_a_multiple_of_the_gram_matrix():
     keeps = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1]])       # copy × pattern
     problem = problem_of(x, np.repeat(keeps, 30, axis=0))
     approx = kronecker.kronecker(problem)
-    s = x.T @ x
+    s = np.asarray(problem.x).T @ np.asarray(problem.x)       # normalised
     a = np.linalg.multi_dot([approx.pattern_eigvecs, np.diag(approx.pattern_eigvals),
                              approx.pattern_eigvecs.T])
     np.testing.assert_allclose(dense_pattern_gram(problem), np.kron(s, a), rtol=1e-10, atol=1e-10)
