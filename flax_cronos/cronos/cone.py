@@ -133,8 +133,7 @@ def _most_violated(problem: Problem, groups_pattern: jax.Array,
     pattern_of_group = jax.nn.one_hot(groups_pattern, problem.num_patterns, dtype=point.dtype).T
 
     def block(rows):
-        norms = jnp.linalg.norm(rows.x, axis=1) if rows.norms is None else rows.norms
-        norms = norms[:, None]
+        norms = rows.row_norms()[:, None]
         signs = cone_signs(rows) @ pattern_of_group                      # [b, G]
         slack = (rows.x @ point.T) * signs * (1.0 / jnp.maximum(norms, tiny))
         slack = jnp.where(norms > 0, slack, jnp.inf)

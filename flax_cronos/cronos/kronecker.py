@@ -52,7 +52,7 @@ def kronecker(problem) -> KroneckerApprox:
     keeps S), A summed over its row blocks."""
 
     def weighted_pattern_gram(rows):
-        weighted = rows.masks * jnp.sum(rows.x**2, axis=1, keepdims=True)
+        weighted = rows.masks * rows.row_norms()[:, None] ** 2
         return weighted.T @ rows.masks
 
     gram = problem.gram

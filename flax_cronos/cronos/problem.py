@@ -199,8 +199,8 @@ def activation_patterns(x: jax.Array, gates: jax.Array) -> jax.Array:
 def normalise(problem: Problem) -> Problem:
     """Divides X (and its transposed copy) by its spectral norm σ = √λ_max(XᵀX), β by σ, and
     keeps XᵀX / σ² for the Kronecker preconditioner. XᵀX is summed over row blocks (through
-    the transposed copy when there is one: a third of the time at n = 20,000, d = 256), and
-    streamed rows are divided as they are read."""
+    the transposed copy when there is one: 10–12 ms against 16–32 ms at n = 20,000, d = 256),
+    and streamed rows are divided as they are read."""
     gram = reduce_rows(problem, lambda rows: rows_transpose_dot(rows, rows.x))   # [d, d]
     top = jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], jnp.finfo(problem.dtype).tiny)
     scale = jnp.sqrt(top)

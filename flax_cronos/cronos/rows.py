@@ -60,6 +60,10 @@ class RowBlock(NamedTuple):
     xt: Optional[jax.Array] = None
     norms: Optional[jax.Array] = None
 
+    def row_norms(self) -> jax.Array:
+        """‖x_j‖ [b]: the kept ``norms``, or computed from x (one pass) where none are kept."""
+        return jnp.linalg.norm(self.x, axis=1) if self.norms is None else self.norms
+
 
 # ----------------------------------------------------------------------------- streamed rows
 
