@@ -9,7 +9,8 @@ The only module that imports Orbax. A run directory holds
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a process
 killed mid-save leaves no half checkpoint behind (the temporary folder is removed on the next
-start). Kept: the ``max_to_keep`` latest rounds and the round with the best validation metric.
+start). Kept: the ``max_to_keep`` latest rounds and the round with the best validation metric
+(the latest of equal ones, so that a resumed run keeps the rounds an uninterrupted one does).
 """
 
 import json
@@ -46,12 +47,16 @@ class RunCheckpoints:
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1; got {max_to_keep}")
         self.workdir = Path(workdir)
+        rank = lambda metrics: (metrics[best_metric], metrics["step"])   # noqa: E731
         self._options = ocp.CheckpointManagerOptions(
             cleanup_tmp_directories=True,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy([
                 checkpoint_managers.LatestN(max_to_keep),
-                checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric], n=1),
-            ]))
+                checkpoint_managers.BestN(get_metric_fn=rank, n=1),
+            ]),
+            # Orbax writes the metrics to disk only with a best_fn; without them on disk, a
+            # resumed run could not rank the rounds saved before it and kept them all
+            best_fn=rank, best_mode="max")
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -63,6 +68,7 @@ class RunCheckpoints:
 
     def save(self, step: int, state, meta: dict, metrics: Optional[dict] = None) -> None:
         """Starts writing ``state`` and ``meta`` as checkpoint ``step`` (asynchronously)."""
+        metrics = None if metrics is None else {**metrics, "step": step}   # breaks ties
         self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 

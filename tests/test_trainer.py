@@ -19,6 +19,7 @@ import optax
 import pytest
 
 from flax_cronos import cronos
+from flax_cronos.checkpoint import RunCheckpoints
 from flax_cronos.cronos import certificate
 from flax_cronos.cronos.admm import prepare
 from flax_cronos.data.synthetic import teacher_classes
@@ -184,8 +185,24 @@ def test_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(tmp_p
 def test_the_latest_and_the_best_checkpoints_are_kept(tmp_path):
     train, val = small_data()
     result = trainer(rounds=3, max_to_keep=1).fit(train, val, workdir=tmp_path, progress=False)
-    best = max(result.history, key=lambda r: r["val_accuracy"])["round"]
+    best = max(result.history, key=lambda r: (r["val_accuracy"], r["round"]))["round"]  # latest
     assert saved_rounds(tmp_path) == sorted({3, best})
+
+
+@pytest.mark.parametrize("reopen", [False, True])
+def test_the_best_round_is_ranked_across_a_resume_and_ties_go_to_the_latest(tmp_path, reopen):
+    """Rounds 0–1 saved, then (``reopen``: by a new process's manager, which must read their
+    metrics back from disk) rounds 2–4; one latest round and the best are kept. Round 1 and 3
+    tie for the best, so the later one, 3, is kept, and round 1 goes with the others."""
+    accuracies = [0.5, 0.9, 0.6, 0.9, 0.7]
+    checkpoints = RunCheckpoints(tmp_path, max_to_keep=1)
+    for round_, accuracy in enumerate(accuracies):
+        if reopen and round_ == 2:
+            checkpoints.close()
+            checkpoints = RunCheckpoints(tmp_path, max_to_keep=1)
+        checkpoints.save(round_, {"w": np.zeros(2)}, {}, {"val_accuracy": accuracy})
+    checkpoints.close()
+    assert saved_rounds(tmp_path) == [3, 4]
 
 
 # ----------------------------------------------------------------------------- SIGKILL and resume
