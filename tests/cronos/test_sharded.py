@@ -27,8 +27,12 @@ def data(classes, n=N):
 
 
 def config(activation, dtype="float64", tol=1e-8):
+    """relu runs plain ADMM: Anderson acceleration amplifies the rounding differences of
+    another reduction order (here 1e-15 → 2e-5 of the largest weight in 150 relu iterations;
+    the gated solves stay within 1e-13), which would hide a layout error of that size."""
     return cronos.CronosConfig(patterns=PATTERNS, beta=0.5, activation=activation, intercept=True,
-                               dtype=dtype, tol=tol, max_iters=150)
+                               dtype=dtype, tol=tol, max_iters=150,
+                               **({"anderson": 0} if activation == "relu" else {}))
 
 
 @pytest.mark.parametrize("activation, classes", [("relu", 2), ("relu", 3), ("gated_relu", 2),
@@ -37,7 +41,7 @@ def test_sharded_solve_equals_single_device_solve_float64(activation, classes):
     x, y = data(classes)
     single = cronos.solve(x, y, config(activation), key=jax.random.key(1))
     sharded = cronos.solve(x, y, config(activation), key=jax.random.key(1), mesh=rows.row_mesh())
-    assert single.stats.iterations >= 30
+    assert single.stats.iterations >= 20
     assert_same_solution(sharded, single, rtol=1e-10)
 
 
