@@ -381,7 +381,7 @@ def admm_step(problem: pb.Problem, precond: Preconditioner, ft_y: jax.Array, sta
     point, memory = relaxed + state.lam, state.memory               # T(z) at z = v + λ
     if memory is not None:
         point, memory = anderson.accelerate(memory, state.v + state.lam, point, rho,
-                                            fresh=state.iteration == 0)
+                                            fresh=(state.iteration == 0) | ~state.projections_complete)
     v, active, projection_iters, complete = prox(problem, point, problem.beta / rho,
                                                  state.active, settings.projection_iters)
     lam = point - v

@@ -260,7 +260,9 @@ def test_projections_cut_short_early_still_reach_the_cvxpy_optimum(monkeypatch):
     ADMM iterations, starting from 3 slots per group and doubling them when one fills, to
     d + 1 = 6 (the default starts at 64, more than this problem has); the solve still ends at
     CVXPY's optimum, with feasible weights, and its iterates were infeasible on the way (so
-    the cap did bind) while the slots grew to d + 1."""
+    the cap did bind) while the slots grew to d + 1. Anderson acceleration's memory starts
+    afresh after every iteration whose projections were cut short (T was evaluated
+    inexactly) and extrapolates once they complete."""
     from flax_cronos.cronos import admm
 
     monkeypatch.setattr(admm, "PROJECTION_ITERS", 2)
@@ -269,15 +271,19 @@ def test_projections_cut_short_early_still_reach_the_cvxpy_optimum(monkeypatch):
     x, y = data(2)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=0.05, intercept=True, dtype="float64",
                                  tol=1e-7, max_iters=20_000)
-    complete, slots = [], []
+    complete, slots, remembered = [], [], []
 
     def record(state):
         complete.append(bool(state.projections_complete))
         slots.append(state.active.used.shape[1])
+        remembered.append(int(state.memory.count))
 
     solution = cronos.solve(x, y, config, key=jax.random.key(1), callback=record)
     assert not all(complete)
     assert min(slots) < DIM + 1 == max(slots)
+    assert all(count == 1 for was_complete, count in zip(complete, remembered[1:])
+               if not was_complete)
+    assert max(remembered) > 2
     expected = reference_objective(x, y, np.asarray(solution.params.gates, np.float64), 0.05, "relu")
     assert solution.status == cronos.SolveStatus.CONVERGED
     assert solution.stats.objective == pytest.approx(expected, rel=1e-4)
