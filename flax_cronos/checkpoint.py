@@ -47,7 +47,10 @@ class RunCheckpoints:
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1; got {max_to_keep}")
         self.workdir = Path(workdir)
-        rank = lambda metrics: (metrics[best_metric], metrics["step"])   # noqa: E731
+
+        def rank(metrics):            # ties go to the later round (``save`` adds the step)
+            return metrics[best_metric], metrics["step"]
+
         self._options = ocp.CheckpointManagerOptions(
             cleanup_tmp_directories=True,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy([

@@ -30,13 +30,14 @@ def affine_contraction(seed=0):
             np.linalg.solve(np.eye(SIZE) - matrix, offset))
 
 
-def iterate(step, depth, steps):
-    """``steps`` accelerated steps from z = 0 with memory ``depth``; returns the last point."""
+def iterate(step, depth, steps, rho=jnp.asarray(1.0)):
+    """``steps`` accelerated steps from z = 0 with memory ``depth``; returns the last point
+    and the memory."""
     memory = anderson.empty_memory(SIZE, depth, jnp.float64)
-    z, rho = jnp.zeros(SIZE), jnp.asarray(1.0)
+    z = jnp.zeros(SIZE)
     for k in range(steps):
         z, memory = anderson.accelerate(memory, z, step(z), rho, fresh=jnp.asarray(k == 0))
-    return z
+    return z, memory
 
 
 def test_on_an_affine_map_it_converges_like_gmres():
@@ -44,7 +45,7 @@ def test_on_an_affine_map_it_converges_like_gmres():
     is GMRES on (I − M) z = c (Walker & Ni 2011): exact after at most SIZE + 1 steps, up to the
     regularisation. Plain iteration is still ≥ 0.98^10 ≈ 0.8 of its start away then."""
     step, fixed_point = affine_contraction()
-    error = np.linalg.norm(iterate(step, SIZE, SIZE + 2) - fixed_point)
+    error = np.linalg.norm(iterate(step, SIZE, SIZE + 2)[0] - fixed_point)
     plain = jnp.zeros(SIZE)
     for _ in range(SIZE + 2):
         plain = step(plain)
@@ -56,10 +57,8 @@ def test_the_memory_starts_afresh_when_the_map_changes_or_the_residual_jumps():
     """The step after a restart is the plain image T(z): at a fresh start, after ρ changed,
     and after the residual grew more than GROWTH-fold; otherwise the point is extrapolated."""
     step, _ = affine_contraction()
-    memory = anderson.empty_memory(SIZE, 4, jnp.float64)
-    z, rho = jnp.zeros(SIZE), jnp.asarray(1.0)
-    for k in range(3):
-        z, memory = anderson.accelerate(memory, z, step(z), rho, fresh=jnp.asarray(k == 0))
+    rho = jnp.asarray(1.0)
+    z, memory = iterate(step, 4, 3, rho)
 
     def next_point(z, image, rho=rho, fresh=False):
         return anderson.accelerate(memory, z, image, rho, jnp.asarray(fresh))[0]
@@ -78,7 +77,8 @@ def test_an_accelerated_relu_solve_reaches_the_cvxpy_optimum_in_fewer_iterations
     x, y, gates, beta, config = rho_grows_early_instance()
     config = dataclasses.replace(config, tol=1e-6)
     plain = cronos.solve(x, y, config, key=jax.random.key(0), gates=gates)
-    accelerated = cronos.solve(x, y, dataclasses.replace(config, anderson=10),
+    default = cronos.CronosConfig().anderson
+    accelerated = cronos.solve(x, y, dataclasses.replace(config, anderson=default),
                                key=jax.random.key(0), gates=gates)
     targets, _ = pb.encode_targets(y, "classification", len(y))
     expected = cvxpy_solve(x, targets, gates, beta, "relu")[0]
