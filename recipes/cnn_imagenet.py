@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.cronos = ml_collections.ConfigDict(dict(
         patterns=8, beta=1e-3, activation="gated_relu", task="classification", intercept=False,
         rho=None, preconditioner="kronecker", rank=10, max_iters=50, tol=1e-3,
-        pcg_max_iters=50, dtype="float32"))
+        pcg_max_iters=50, anderson=10, dtype="float32"))
     config.trainer = ml_collections.ConfigDict(dict(
         rounds=10, steps_per_round=10, batch_size=128, loss="mse", trainable="^backbone/",
         warm_start=True, auto_beta=True, feature_batch_size=256, seed=0, max_to_keep=3,

@@ -1,6 +1,7 @@
 """The ``flax-cronos`` command end to end, in a subprocess as a user runs it (in this process
 where a run stops at its arguments)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flax_cronos import cronos, experiment
 from flax_cronos.cli import main
 from flax_cronos.data.synthetic import teacher_classes
+from flax_cronos.trainer import AlternatingConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +112,20 @@ def test_beta_auto_beats_the_smallest_beta_on_noisy_data(tmp_path):
     at_smallest = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
     assert chosen["config"]["beta"] == path["chosen_beta"]
     assert chosen["val_accuracy"] > at_smallest["val_accuracy"]
+
+
+CRONOS_AM_RECIPES = sorted(path.name for path in (ROOT / "recipes").glob("*.py")
+                           if "config.cronos" in path.read_text())
+
+
+@pytest.mark.parametrize("recipe", CRONOS_AM_RECIPES)
+def test_every_solver_and_trainer_setting_can_be_overridden_from_the_command_line(recipe):
+    """``--config.cronos.NAME=...`` only reaches settings the recipe lists: each CRONOS-AM
+    recipe lists every field of ``CronosConfig`` and ``AlternatingConfig``."""
+    config = experiment.load_recipe(ROOT / "recipes" / recipe)
+    for section, settings in (("cronos", cronos.CronosConfig), ("trainer", AlternatingConfig)):
+        missing = {field.name for field in dataclasses.fields(settings)} - set(config[section])
+        assert not missing, f"{recipe}: config.{section} lacks {sorted(missing)}"
 
 
 SMALL_RUN = ["--config.data.train_size=600", "--config.data.val_size=300",
