@@ -4,7 +4,8 @@ The only module that imports Orbax. A run directory holds
 
 - ``checkpoints/<round>/``: ``state`` (a pytree of arrays: parameters, optimizer state, RNG,
   round, step) and ``meta`` (JSON: metrics history, wall-clock, anything small);
-- ``config.json``: the settings the run was started with; a resumed run must match them;
+- ``config.json``: the settings the run was started with; a resumed run must match them
+  (settings added to flax-cronos since the run started are taken as given, with a warning);
 - ``corrupt/``: checkpoints that could not be read, moved aside so they are never used again.
 
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a process
@@ -120,6 +121,10 @@ class RunCheckpoints:
 def check_run_config(workdir, config: dict, may_change: tuple[str, ...] = ()) -> None:
     """Writes ``config.json`` for a new run, or checks a resumed run against it.
 
+    A setting the stored file lacks is one added to flax-cronos after the run started (e.g.
+    ``cronos.anderson``): the run resumes with the value given, which is then recorded, and a
+    ``RuntimeWarning`` names it.
+
     Args:
         workdir: the run directory.
         config: JSON-serialisable settings (nested dicts allowed).
@@ -137,13 +142,18 @@ def check_run_config(workdir, config: dict, may_change: tuple[str, ...] = ()) ->
         return
     stored = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
     given = traverse_util.flatten_dict(config, sep=".")
+    added = sorted(set(given) - set(stored))
     differences = [f"{key}: run has {stored.get(key)!r}, now {given.get(key)!r}"
-                   for key in sorted(set(stored) | set(given))
-                   if key not in may_change and stored.get(key) != given.get(key)]
+                   for key in sorted(stored)
+                   if key not in may_change and stored[key] != given.get(key)]
     if differences:
         raise ValueError(f"{workdir} holds a run with other settings, which cannot be resumed "
                          f"with these ({'; '.join(differences)}); use another workdir or the "
                          "run's own settings")
+    if added:
+        warnings.warn(f"{path} predates the settings "
+                      f"{', '.join(f'{key}={given[key]!r}' for key in added)}; the run resumes "
+                      "with these values", RuntimeWarning, stacklevel=2)
     if stored != given:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

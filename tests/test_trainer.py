@@ -136,6 +136,8 @@ def test_every_checkpoint_holds_the_head_solved_for_its_backbone(tmp_path):
 
 
 def test_changed_settings_refuse_to_resume_but_more_rounds_extend_the_run(tmp_path):
+    """... also when the run's config.json predates a setting (``cronos.anderson``, removed
+    from the file): the run resumes with the value given and a warning naming it."""
     train, val = small_data()
     trainer(rounds=1).fit(train, val, workdir=tmp_path, progress=False)
     other = AlternatingTrainer(MLP(widths=(12,)),
@@ -144,8 +146,14 @@ def test_changed_settings_refuse_to_resume_but_more_rounds_extend_the_run(tmp_pa
                                                  warm_start=True, auto_beta=False))
     with pytest.raises(ValueError, match="cronos.patterns: run has 4, now 6"):
         other.fit(train, val, workdir=tmp_path, progress=False)
+    config_file = tmp_path / "config.json"
+    config = json.loads(config_file.read_text())
+    anderson = config["cronos"].pop("anderson")
+    config_file.write_text(json.dumps(config))
 
-    extended = trainer(rounds=2).fit(train, val, workdir=tmp_path, progress=False)
+    with pytest.warns(RuntimeWarning, match=f"predates the settings cronos.anderson={anderson}"):
+        extended = trainer(rounds=2).fit(train, val, workdir=tmp_path, progress=False)
+    assert json.loads(config_file.read_text())["cronos"]["anderson"] == anderson
     fresh = trainer(rounds=2).fit(train, val, workdir=tmp_path / "fresh", progress=False)
     for name, value in leaves(fresh.params).items():
         np.testing.assert_array_equal(leaves(extended.params)[name], value, err_msg=name)
