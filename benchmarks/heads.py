@@ -4,8 +4,8 @@
    - the convex head: ``cronos.solve_path`` (gated ReLU, P patterns, β chosen on a 20% holdout
      of the training rows — nothing tuned on the test set);
    - the same head with the paper's settings: β = 1e-3 fixed, 10 iterations of plain ADMM (the
-     paper's CRONOS has no Anderson acceleration, and ten iterations are an early stop, whose
-     iterate acceleration changes);
+     paper's CRONOS has no Anderson acceleration, which would move the iterate this early
+     stop lands on);
    - an AdamW-trained ``TwoLayerHead`` of width 2P over a log grid of learning rates, tuned two
      ways: on the convex head's holdout (learning rate and epochs; then one run on all the
      training rows), the fair competitor; and on the test set (each run's best test accuracy

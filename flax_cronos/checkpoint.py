@@ -143,7 +143,7 @@ def check_run_config(workdir, config: dict, may_change: tuple[str, ...] = ()) ->
     stored = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
     given = traverse_util.flatten_dict(config, sep=".")
     added = sorted(set(given) - set(stored))
-    differences = [f"{key}: run has {stored.get(key)!r}, now {given.get(key)!r}"
+    differences = [f"{key}: run has {stored[key]!r}, now {given.get(key)!r}"
                    for key in sorted(stored)
                    if key not in may_change and stored[key] != given.get(key)]
     if differences:
