@@ -36,8 +36,12 @@ def run_processes(folder: Path) -> None:
     """Runs both workers on ``folder``; kills the other when one fails or they run past
     ``TIMEOUT``, and fails with their output."""
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={worker.DEVICES}",
+    # the test process's other XLA flags (conftest's compiler settings round the last bit of a
+    # float alike in all three processes), with the workers' own device count
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count")]
+    flags.append(f"--xla_force_host_platform_device_count={worker.DEVICES}")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", XLA_FLAGS=" ".join(flags),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     # no shared compile cache: the processes compile the same programs at once, and JAX writes
     # cache entries without a lock
