@@ -5,8 +5,13 @@ and every inner product reduces over the other axes, so each column runs its own
 own step sizes. A column stops when ‖r_j‖₂ ≤ tol_j; on breakdown (pᵀAp ≤ 0 or a non-finite
 value) it is frozen at its last good iterate and reported. Standard PCG (Saad, Alg. 9.1):
 
-    r = b − A x₀,  z = P⁻¹ r,  p = z
-    repeat:  α = rᵀz / pᵀAp,  x += α p,  r −= α A p,  z' = P⁻¹ r,  p = z' + (r'ᵀz' / rᵀz) p
+    r = b − A x₀
+    repeat:  z = P⁻¹ r,  p = z + (rᵀz / r₋ᵀz₋) p  (p = z at first),  α = rᵀz / pᵀAp,
+             x += α p,  r −= α A p
+
+with r₋, z₋ the previous iteration's. Preconditioning at the top of the loop skips the
+product P⁻¹ r of the final residual, which the textbook order computes and never uses: a
+warm start that already meets its tolerance costs no product at all.
 
 The residual r is updated by recursion, never recomputed, and returned: a caller that solves
 a sequence of systems with the same A, each warm-started at the last solution, knows the next
@@ -62,36 +67,33 @@ def pcg(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, x0: jax.Array,
     """
     tol = jnp.broadcast_to(jnp.asarray(tol, b.dtype), b.shape[-1:])
     r = b - matvec(x0) if start_residual is None else start_residual
-    z = precondition(r)
-    rz = _columns_dot(r, z)
     active = jnp.sqrt(_columns_dot(r, r)) > tol
     broken = jnp.zeros_like(active)
 
     def cond(carry):
-        i, _, _, _, _, _, active, _ = carry
+        i, _, _, _, _, active, _ = carry
         return (i < max_iters) & jnp.any(active)
 
     def body(carry):
-        i, x, r, z, p, rz, active, broken = carry
+        i, x, r, p, last_rz, active, broken = carry
+        z = precondition(r)
+        rz = _columns_dot(r, z)
+        gamma = jnp.where(i > 0, rz / jnp.where(last_rz != 0, last_rz, 1.0), 0.0)
+        p = z + gamma * p
         ap = matvec(p)
         curvature = _columns_dot(p, ap)
         ok = jnp.isfinite(curvature) & (curvature > 0) & jnp.isfinite(rz)
         broken = broken | (active & ~ok)
         active = active & ok
         alpha = jnp.where(active, rz / jnp.where(ok, curvature, 1.0), 0.0)
-        x_new = x + alpha * p
-        r_new = r - alpha * ap
-        z_new = precondition(r_new)
-        rz_new = _columns_dot(r_new, z_new)
-        gamma = jnp.where(active, rz_new / jnp.where(rz != 0, rz, 1.0), 0.0)
-        p_new = z_new + gamma * p
-        keep = lambda new, old: jnp.where(active, new, old)
-        x, r, z, p, rz = keep(x_new, x), keep(r_new, r), keep(z_new, z), keep(p_new, p), keep(rz_new, rz)
+        x = jnp.where(active, x + alpha * p, x)
+        r = jnp.where(active, r - alpha * ap, r)
+        last_rz = jnp.where(active, rz, last_rz)
         active = active & (jnp.sqrt(_columns_dot(r, r)) > tol)
-        return i + 1, x, r, z, p, rz, active, broken
+        return i + 1, x, r, p, last_rz, active, broken
 
-    init = (jnp.asarray(0), x0, r, z, z, rz, active, broken)
-    iterations, x, r, _, _, _, active, broken = jax.lax.while_loop(cond, body, init)
+    init = (jnp.asarray(0), x0, r, jnp.zeros_like(b), jnp.ones_like(tol), active, broken)
+    iterations, x, r, _, _, active, broken = jax.lax.while_loop(cond, body, init)
     status = jnp.where(broken, PCGStatus.BREAKDOWN,
                        jnp.where(active, PCGStatus.MAX_ITERATIONS, PCGStatus.CONVERGED))
     return PCGResult(x, iterations, r, jnp.sqrt(_columns_dot(r, r)), status)

@@ -1,5 +1,6 @@
 """PCG against dense solves: per-column convergence, warm starts and breakdown."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +35,25 @@ def test_exact_preconditioner_converges_in_one_iteration_and_warm_start_in_none(
     warm = pcg(lambda x: jnp.asarray(a) @ x, jnp.asarray(b), result.x, lambda r: r, tol=1e-8,
                max_iters=50)
     assert int(warm.iterations) == 0
+
+
+def test_the_preconditioner_is_applied_once_per_iteration_and_never_to_a_converged_start():
+    rng = np.random.default_rng(4)
+    a = jnp.asarray(spd(rng, 30, 1e3))
+    b = jnp.asarray(rng.normal(size=(30, 1)))
+    applied = []
+
+    def counted_identity(r):
+        jax.debug.callback(lambda: applied.append(1))
+        return r
+
+    result = pcg(lambda x: a @ x, b, jnp.zeros((30, 1)), counted_identity, tol=1e-8, max_iters=200)
+    jax.effects_barrier()
+    assert int(result.iterations) > 5 and len(applied) == int(result.iterations)
+    applied.clear()
+    warm = pcg(lambda x: a @ x, b, result.x, counted_identity, tol=1e-6, max_iters=200)
+    jax.effects_barrier()
+    assert int(warm.iterations) == 0 and applied == []
 
 
 def test_iteration_cap_and_breakdown_are_reported():
