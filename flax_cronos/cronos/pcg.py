@@ -79,7 +79,7 @@ def pcg(matvec: Callable[[jax.Array], jax.Array], b: jax.Array, x0: jax.Array,
         z = precondition(r)
         rz = _columns_dot(r, z)
         gamma = jnp.where(i > 0, rz / jnp.where(last_rz != 0, last_rz, 1.0), 0.0)
-        p = z + gamma * p
+        p = jnp.where(active, z + gamma * p, p)      # a finished column's p stays as it was
         ap = matvec(p)
         curvature = _columns_dot(p, ap)
         ok = jnp.isfinite(curvature) & (curvature > 0) & jnp.isfinite(rz)
