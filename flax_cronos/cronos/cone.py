@@ -11,9 +11,11 @@ iteration either adds the most violated constraint (the most negative (AΠ)_j / 
 the least-squares multipliers on W turn negative, steps back to the boundary of μ ≥ 0 and drops
 the constraints that reached zero. Only |W| ≤ d rows take part in a solve, and the inverse H of
 their Gram matrix A_W A_Wᵀ changes by one row and column per iteration, so it is updated in
-O(|W|²) (bordering to add, a Schur complement to drop) instead of re-factorised in O(|W|³):
-the cost per iteration is one product X V (to find violations) plus a few batched
-matrix-vector products with H.
+O(|W|²) (bordering to add, a Schur complement to drop) instead of re-factorised in O(|W|³);
+the least-squares multipliers on W are updated alongside in O(|W|) from the vectors those
+updates compute, so a step only checks them (one product with the Gram matrix) instead of
+solving for them anew. The cost per iteration is one product X V (to find violations) plus a
+few batched matrix-vector products with H and the Gram matrix.
 
 Consecutive ADMM iterations project nearby points, so W and H are kept and reused (warm start):
 most projections then end after a few iterations, and H is re-factorised only when rounding has
@@ -100,15 +102,18 @@ class Projection(NamedTuple):
 
 class _Loop(NamedTuple):
     """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d]
-    and −A_W z [G, k] (zero on the unused slots), multipliers μ [G, k], and per group whether
-    it is done or out of room; ``stale``: the last step found H inaccurate and changed nothing;
-    ``trusted``: H was just re-factorised, so the next step takes it without checking."""
+    and −A_W z [G, k] (zero on the unused slots), multipliers μ [G, k], the least-squares
+    multipliers on the active sets, kept up to date as rows enter and leave (``target``
+    [G, k]), and per group whether it is done or out of room; ``stale``: the last step found H
+    inaccurate and changed nothing; ``trusted``: H was just re-factorised, so the next step
+    takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
     rows: jax.Array
     rhs: jax.Array
     mu: jax.Array
+    target: jax.Array
     done: jax.Array
     out_of_room: jax.Array
     stale: jax.Array
@@ -176,38 +181,47 @@ def _inverse(gram: jax.Array, used: jax.Array) -> jax.Array:
     return jnp.einsum("gji,gjk->gik", factor_inverse, factor_inverse)
 
 
-def _with_row(inverse: jax.Array, products: jax.Array, used: jax.Array,
-              added: jax.Array) -> jax.Array:
-    """The inverse after adding the row whose Gram column is ``products`` [G, k] in the free
-    slot s marked by ``added`` [G, k] (no slot where a group adds nothing), by bordering:
-    with h = H b (b the products with the used slots) and the Schur complement
+def _with_row(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: jax.Array,
+              used: jax.Array, added: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The inverse and the least-squares multipliers t = H r after adding the row whose Gram
+    column is ``products`` [G, k] and whose right-hand side is ``rhs`` [G] in the free slot s
+    marked by ``added`` [G, k] (no slot where a group adds nothing), by bordering: with
+    h = H b (b the products with the used slots) and the Schur complement
     σ = c(1 + ridge) − bᵀh (c = the row's squared norm; σ ≥ ridge · c),
 
-        H' = H − e_s e_sᵀ + (e_s − h)(e_s − h)ᵀ / σ.
+        H' = H − e_s e_sᵀ + (e_s − h)(e_s − h)ᵀ / σ,
+        t'_s = (r_s − bᵀt) / σ,   t' = t − h t'_s on the other slots.
     """
     ridge = _ridge(inverse.dtype)
     b = jnp.where(used, products, 0.0)
-    h = jnp.einsum("gij,gj->gi", inverse, b)
+    h = _solved(inverse, b)
     c = jnp.sum(jnp.where(added, products, 0.0), axis=1)
     schur = jnp.maximum(c * (1.0 + ridge) - jnp.sum(b * h, axis=1), ridge * c)
+    schur = jnp.where(schur > 0, schur, 1.0)
     e = added.astype(inverse.dtype)
     g = e - h
-    update = g[:, :, None] * g[:, None, :] / jnp.where(schur > 0, schur, 1.0)[:, None, None]
+    update = g[:, :, None] * g[:, None, :] / schur[:, None, None]
     grown = inverse - e[:, :, None] * e[:, None, :] + update
-    return jnp.where(jnp.any(added, axis=1)[:, None, None], grown, inverse)
+    new_multiplier = (rhs - jnp.sum(b * target, axis=1)) / schur
+    grown_target = target + g * new_multiplier[:, None]     # t_s = 0 on the free slot
+    adds = jnp.any(added, axis=1)
+    return (jnp.where(adds[:, None, None], grown, inverse),
+            jnp.where(adds[:, None], grown_target, target))
 
 
-def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
-    """The inverse after dropping the slots marked in ``dropped`` [G, k], one at a time by the
-    Schur complement: dropping s with q = H e_s,
+def _without_rows(inverse: jax.Array, target: jax.Array,
+                  dropped: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The inverse and the least-squares multipliers t = H r after dropping the slots marked in
+    ``dropped`` [G, k], one at a time by the Schur complement: dropping s with q = H e_s,
 
-        H' = H − q qᵀ / q_s  on the other slots,   H' e_s = e_s.
+        H' = H − q qᵀ / q_s,   t' = t − q t_s / q_s   on the other slots,   H' e_s = e_s,
+        t'_s = 0.
     """
     slots = jnp.arange(dropped.shape[1])
     eye = jnp.eye(dropped.shape[1], dtype=inverse.dtype)
 
     def drop_first(carry):
-        inverse, pending = carry
+        inverse, target, pending = carry
         first = jnp.argmax(pending, axis=1)
         drop = jnp.any(pending, axis=1)
         e = (slots[None] == first[:, None]) & drop[:, None]
@@ -217,19 +231,29 @@ def _without_rows(inverse: jax.Array, dropped: jax.Array) -> jax.Array:
         inverse = inverse - q[:, :, None] * q[:, None, :] / pivot[:, :, None]
         # row and column s become exactly e_s, so no rounding couples s to the used slots
         inverse = jnp.where(e[:, :, None] | e[:, None, :], eye * e[:, :, None], inverse)
-        return inverse, pending & ~e
+        dropped_multiplier = jnp.take_along_axis(target, first[:, None], axis=1)
+        target = jnp.where(e, 0.0, target - q * dropped_multiplier / pivot)
+        return inverse, target, pending & ~e
 
-    inverse, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1]), drop_first, (inverse, dropped))
-    return inverse
+    inverse, target, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[2]), drop_first,
+                                            (inverse, target, dropped))
+    return inverse, target
 
 
-def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array,
-                 tol) -> tuple[jax.Array, jax.Array]:
-    """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere:
-    μ = H r with r = −A_W z (``rhs``, zero on the unused slots), refined by
-    μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most ``REFINEMENTS`` times,
-    to undo the rounding the updates of H accumulate (a refinement costs two [G, k, k]
-    products; a re-factorisation of H, which the caller falls back on, about fifty).
+def _solved(inverse: jax.Array, rhs: jax.Array) -> jax.Array:
+    """H r: [G, k]."""
+    return jnp.einsum("gij,gj->gi", inverse, rhs)
+
+
+def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array, tol,
+                 start: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere,
+    from ``start`` (the multipliers the updates of ``_with_row`` and ``_without_rows`` kept, or
+    H r with r = −A_W z, ``rhs``, zero on the unused slots), refined by
+    μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most 1 + ``REFINEMENTS``
+    times, to undo the rounding the updates of H and μ accumulate (checking costs one
+    [G, k, k] product, a refinement two; a re-factorisation of H, which the caller falls back
+    on, about fifty).
 
     Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
     slack it leaves on the active rows, is within the projection tolerance
@@ -241,18 +265,21 @@ def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array,
     def accurate(remainder):
         return jnp.all((jnp.abs(remainder) <= bound) | ~used)
 
+    def residual(mu):
+        product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
+        return rhs - jnp.where(used, product, 0.0)
+
     def refined(carry):
         count, mu, remainder = carry
-        mu = mu + jnp.einsum("gij,gj->gi", inverse, remainder)      # zero on the unused slots
-        product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
-        return count + 1, mu, rhs - jnp.where(used, product, 0.0)
+        mu = mu + _solved(inverse, remainder)               # zero on the unused slots
+        return count + 1, mu, residual(mu)
 
     def inaccurate(carry):
         count, _, remainder = carry
         return (count <= REFINEMENTS) & ~accurate(remainder)
 
-    first = refined((0, jnp.zeros_like(rhs), rhs))                   # μ = H r
-    _, mu, remainder = jax.lax.while_loop(inaccurate, refined, first)
+    start = jnp.where(used, start, 0.0)
+    _, mu, remainder = jax.lax.while_loop(inaccurate, refined, (0, start, residual(start)))
     return jnp.where(used, mu, 0.0), accurate(remainder)
 
 
@@ -302,7 +329,7 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
 
     def step(loop: _Loop) -> _Loop:
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
-        target, accurate = _multipliers(loop.rhs, active, z, tol)
+        target, accurate = _multipliers(loop.rhs, active, z, tol, loop.target)
         stale = ~accurate & ~loop.trusted
         frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
@@ -315,7 +342,8 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         reached_zero = jnp.where(cold_multipliers, blocking, blocking & (ratio <= alpha[:, None]))
         drop = ~feasible[:, None] & reached_zero & ~frozen[:, None]
         used = active.used & ~drop
-        inverse = _without_rows(active.inverse, drop)
+        # the least-squares multipliers on the active set left, for the next step
+        inverse, kept_target = _without_rows(active.inverse, target, drop)
         new_mu = jnp.where(used, mu + alpha[:, None] * (target - mu), 0.0)
         new_mu = jnp.where(frozen[:, None], mu, new_mu)
 
@@ -337,18 +365,18 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         new_row = _constraint_rows(problem, worst, groups_pattern)
         products = jnp.einsum("gkd,gd->gk", rows, new_row)
         products = jnp.where(slot_hit, jnp.sum(new_row**2, axis=1)[:, None], products)
-        inverse = _with_row(inverse, products, used, slot_hit)
+        new_rhs = -jnp.sum(new_row * z, axis=1)
+        inverse, kept_target = _with_row(inverse, kept_target, products, new_rhs, used, slot_hit)
         gram = active.gram.at[group_index, slot].set(products, mode="drop")
         gram = gram.at[group_index, :, slot].set(products, mode="drop")
         rows = rows.at[group_index, slot].set(new_row, mode="drop")
-        rhs = jnp.where(slot_hit, -jnp.sum(new_row * z, axis=1)[:, None],
-                        jnp.where(used, loop.rhs, 0.0))
+        rhs = jnp.where(slot_hit, new_rhs[:, None], jnp.where(used, loop.rhs, 0.0))
         active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit, gram,
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
         return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, rhs=rhs,
-                             mu=new_mu,
+                             mu=new_mu, target=kept_target,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
                              stale=stale, trusted=jnp.asarray(False))
@@ -358,7 +386,8 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
 
     def refactorised(loop: _Loop) -> _Loop:
         active = loop.active._replace(inverse=_inverse(loop.active.gram, loop.active.used))
-        return loop._replace(active=active, stale=jnp.asarray(False), trusted=jnp.asarray(True),
+        return loop._replace(active=active, target=_solved(active.inverse, loop.rhs),
+                             stale=jnp.asarray(False), trusted=jnp.asarray(True),
                              refactorisations=loop.refactorisations + 1)
 
     def until_stale(loop: _Loop) -> _Loop:
@@ -366,9 +395,10 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
 
     no_groups = jnp.zeros(groups, bool)
     rows = _constraint_rows(problem, active.rows, groups_pattern)
-    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
-                 rhs=jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0),
-                 mu=jnp.zeros((groups, slots), z.dtype), done=shrunk_to_zero(z_norm),
+    rhs = jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
+    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows, rhs=rhs,
+                 mu=jnp.zeros((groups, slots), z.dtype), target=_solved(active.inverse, rhs),
+                 done=shrunk_to_zero(z_norm),
                  out_of_room=no_groups,
                  stale=jnp.asarray(False), trusted=jnp.asarray(False),
                  refactorisations=jnp.asarray(0))

@@ -85,6 +85,50 @@ def test_warm_started_projections_keep_the_exact_inverse():
     assert refactorisations <= 0.05 * iterations
 
 
+def _least_squares_multipliers(rows, used, rhs):
+    """(A_W A_Wᵀ)⁻¹ r on the used slots, with the diagonal's relative ridge, 0 elsewhere."""
+    eps = np.finfo(rows.dtype).eps
+    block = rows[used] @ rows[used].T * (1 + 10 * eps * np.eye(used.sum()))
+    multipliers = np.zeros(len(used))
+    multipliers[used] = np.linalg.solve(block, rhs[used])
+    return multipliers
+
+
+def test_the_least_squares_multipliers_follow_rows_entering_and_leaving():
+    """A step keeps t = (A_W A_Wᵀ)⁻¹ r up to date through the bordering and Schur-complement
+    updates instead of re-solving for it: after a row enters and after two leave, t is the
+    fresh solve's."""
+    rng = np.random.default_rng(3)
+    groups, slots, d = 3, 6, 8
+    rows = rng.normal(size=(groups, slots, d))
+    rhs = rng.normal(size=(groups, slots))
+    used = np.zeros((groups, slots), bool)
+    used[:, :4] = True
+    gram = np.einsum("gkd,gld->gkl", rows, rows)
+    inverse = cone._inverse(jnp.asarray(gram), jnp.asarray(used))
+    target = jnp.asarray([_least_squares_multipliers(rows[g], used[g], rhs[g])
+                          for g in range(groups)])
+
+    added = np.zeros_like(used)
+    added[[0, 2], [4, 5]] = True                      # groups 0 and 2 add a row, group 1 none
+    products = jnp.asarray(np.einsum("gkd,gd->gk", rows, rows[np.arange(groups), added.argmax(1)]))
+    new_rhs = jnp.asarray(rhs[np.arange(groups), added.argmax(1)])
+    inverse, target = cone._with_row(inverse, target, products, new_rhs, jnp.asarray(used),
+                                     jnp.asarray(added))
+    used = used | added
+    for g in range(groups):
+        np.testing.assert_allclose(target[g], _least_squares_multipliers(rows[g], used[g], rhs[g]),
+                                   rtol=1e-9, atol=1e-9)
+
+    dropped = np.zeros_like(used)
+    dropped[0, [1, 4]] = dropped[1, 0] = True          # two rows leave group 0, one group 1
+    inverse, target = cone._without_rows(inverse, target, jnp.asarray(dropped))
+    used = used & ~dropped
+    for g in range(groups):
+        np.testing.assert_allclose(target[g], _least_squares_multipliers(rows[g], used[g], rhs[g]),
+                                   rtol=1e-9, atol=1e-9)
+
+
 def test_float32_projections_onto_nearly_dependent_rows_stay_finite_and_close():
     """Two tight clusters and a constant column: active rows are nearly dependent (Gram
     condition numbers up to 1e6), so updates of the inverse lose all accuracy in float32 unless
