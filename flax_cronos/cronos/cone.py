@@ -247,13 +247,13 @@ def _solved(inverse: jax.Array, rhs: jax.Array) -> jax.Array:
 
 def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array, tol,
                  start: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Least-squares multipliers on the active set, μ_W = −(A_W A_Wᵀ)⁻¹ A_W z and 0 elsewhere,
-    from ``start`` (the multipliers the updates of ``_with_row`` and ``_without_rows`` kept, or
-    H r with r = −A_W z, ``rhs``, zero on the unused slots), refined by
-    μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most 1 + ``REFINEMENTS``
-    times, to undo the rounding the updates of H and μ accumulate (checking costs one
-    [G, k, k] product, a refinement two; a re-factorisation of H, which the caller falls back
-    on, about fifty).
+    """Least-squares multipliers on the active set, μ_W = (A_W A_Wᵀ)⁻¹ r with r = −A_W z
+    (``rhs``, zero on the unused slots) and 0 elsewhere. ``start`` is the caller's estimate
+    (kept up to date by ``_with_row`` and ``_without_rows``, or H r after a re-factorisation);
+    it is refined by μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most
+    1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and μ accumulate (checking
+    costs one [G, k, k] product, a refinement two; a re-factorisation of H, which the caller
+    falls back on, about fifty).
 
     Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
     slack it leaves on the active rows, is within the projection tolerance
