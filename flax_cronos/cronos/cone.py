@@ -13,9 +13,9 @@ the constraints that reached zero. Only |W| ≤ d rows take part in a solve, and
 their Gram matrix A_W A_Wᵀ changes by one row and column per iteration, so it is updated in
 O(|W|²) (bordering to add, a Schur complement to drop) instead of re-factorised in O(|W|³);
 the least-squares multipliers on W are updated alongside in O(|W|) from the vectors those
-updates compute, so a step only checks them (one product with the Gram matrix) instead of
-solving for them anew. The cost per iteration is one product X V (to find violations) plus a
-few batched matrix-vector products with H and the Gram matrix.
+updates compute, so a step only checks them (through the active rows) instead of solving for
+them anew. The cost per iteration is one product X V (to find violations) plus a few batched
+matrix-vector products with H and the active rows.
 
 Consecutive ADMM iterations project nearby points, so W and H are kept and reused (warm start):
 most projections then end after a few iterations, and H is re-factorised only when rounding has
@@ -42,28 +42,25 @@ REFINEMENTS = 4     # refinements of the multipliers after the first, before H i
 
 
 class ActiveSet(NamedTuple):
-    """Per group: the active constraints in ``k`` fixed-size slots, with their Gram matrix
-    and its inverse.
+    """Per group: the active constraints in ``k`` fixed-size slots and the inverse of their
+    Gram matrix.
 
     Attributes:
         rows: [G, k] int32 row indices into X (meaningless where not ``used``).
         used: [G, k] bool.
-        gram: [G, k, k] A_W A_Wᵀ of the rows in the slots, updated one row at a time (valid
-            where both slots are used).
-        inverse: [G, k, k] H, the inverse of the regularised Gram matrix on the used slots
-            and the identity on the others (``_regularised_gram``), updated with it.
+        inverse: [G, k, k] H, the inverse of the regularised Gram matrix A_W A_Wᵀ on the used
+            slots and the identity on the others (``_regularised_gram``), updated one row at
+            a time.
     """
 
     rows: jax.Array
     used: jax.Array
-    gram: jax.Array
     inverse: jax.Array
 
 
 def empty_active_set(groups: int, slots: int, dtype) -> ActiveSet:
     eye = jnp.broadcast_to(jnp.eye(slots, dtype=dtype), (groups, slots, slots))
-    return ActiveSet(jnp.zeros((groups, slots), jnp.int32), jnp.zeros((groups, slots), bool),
-                     jnp.zeros((groups, slots, slots), dtype), eye)
+    return ActiveSet(jnp.zeros((groups, slots), jnp.int32), jnp.zeros((groups, slots), bool), eye)
 
 
 def pad(active: ActiveSet, slots: int) -> ActiveSet:
@@ -72,7 +69,6 @@ def pad(active: ActiveSet, slots: int) -> ActiveSet:
     new_slots = jnp.diag(jnp.arange(slots) >= active.used.shape[1]).astype(active.inverse.dtype)
     return ActiveSet(jnp.pad(active.rows, ((0, 0), (0, extra))),
                      jnp.pad(active.used, ((0, 0), (0, extra))),
-                     jnp.pad(active.gram, ((0, 0), (0, extra), (0, extra))),
                      jnp.pad(active.inverse, ((0, 0), (0, extra), (0, extra))) + new_slots)
 
 
@@ -101,16 +97,16 @@ class Projection(NamedTuple):
 
 
 class _Loop(NamedTuple):
-    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d]
-    and −A_W z [G, k] (zero on the unused slots), multipliers μ [G, k], the least-squares
-    multipliers on the active sets, kept up to date as rows enter and leave (``target``
-    [G, k]), and per group whether it is done or out of room; ``stale``: the last step found H
-    inaccurate and changed nothing; ``trusted``: H was just re-factorised, so the next step
-    takes it without checking."""
+    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
+    the rows' squared norms [G, k] and −A_W z [G, k] (zero on the unused slots), multipliers μ
+    [G, k], the least-squares multipliers on the active sets, kept up to date as rows enter
+    and leave (``target`` [G, k]), and per group whether it is done or out of room; ``stale``: the last step found H inaccurate and changed nothing;
+    ``trusted``: H was just re-factorised, so the next step takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
     rows: jax.Array
+    squared_norms: jax.Array
     rhs: jax.Array
     mu: jax.Array
     target: jax.Array
@@ -121,27 +117,36 @@ class _Loop(NamedTuple):
     refactorisations: jax.Array
 
 
-def _constraint_rows(problem: Problem, index: jax.Array, groups_pattern: jax.Array) -> jax.Array:
+def _group_patterns(groups: int, patterns: int, outputs: int) -> jax.Array:
+    """[G] the pattern p(g) of each group, the groups laid out as [G / (P·C), P, C]."""
+    return jnp.broadcast_to(jnp.arange(patterns)[:, None],
+                            (groups // (patterns * outputs), patterns, outputs)).reshape(-1)
+
+
+def _constraint_rows(problem: Problem, index: jax.Array, outputs: int) -> jax.Array:
     """Rows e_{j,p(g)} x_j of the constraints j = ``index`` [G, ...] of each group g: [G, ..., d]."""
     x, masks = gather_rows(problem, index)                              # [G, ..., d], [G, ..., P]
+    groups_pattern = _group_patterns(len(index), problem.num_patterns, outputs)
     pattern = groups_pattern.reshape(groups_pattern.shape + (1,) * index.ndim)
     return x * (2.0 * jnp.take_along_axis(masks, pattern, axis=-1) - 1.0)
 
 
-def _most_violated(problem: Problem, groups_pattern: jax.Array,
-                   point: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _most_violated(problem: Problem, point: jax.Array,
+                   outputs: int) -> tuple[jax.Array, jax.Array]:
     """Per group, the constraint with the smallest slack e_j x_j·v_g / ‖x_j‖ (the first one on
-    ties) and that slack: ([G] int32, [G]); v = ``point`` [G, d]."""
+    ties) and that slack: ([G] int32, [G]); v = ``point`` [G, d], groups in ``groups`` order."""
     tiny = jnp.finfo(point.dtype).tiny
-    # [P, G] one-hot: the product picks each group's column of the signs (exactly, ±1 · 1) and
-    # costs less than a gather of the [n, G] columns (which XLA's CPU backend lays out transposed)
-    pattern_of_group = jax.nn.one_hot(groups_pattern, problem.num_patterns, dtype=point.dtype).T
+    patterns = problem.num_patterns
 
     def block(rows):
         norms = rows.row_norms()[:, None]
-        signs = cone_signs(rows) @ pattern_of_group                      # [b, G]
-        slack = (rows.x @ point.T) * signs * (1.0 / jnp.maximum(norms, tiny))
-        slack = jnp.where(norms > 0, slack, jnp.inf)
+        weights = cone_signs(rows) * (1.0 / jnp.maximum(norms, tiny))       # [b, P]
+        # each group's column, e_{j,p(g)} / ‖x_j‖, by broadcasting over the groups' layout
+        # [copies, P, C]: it fuses into the slacks, where a product or gather would not
+        weights = jnp.broadcast_to(weights[:, None, :, None],
+                                   (len(weights), len(point) // (patterns * outputs), patterns,
+                                    outputs)).reshape(len(weights), len(point))
+        slack = jnp.where(norms > 0, (rows.x @ point.T) * weights, jnp.inf)
         smallest = jnp.min(slack, axis=0)
         # the first row attaining it; two plain reductions are ~2× faster than XLA's argmin on CPU
         row = jnp.arange(slack.shape[0], dtype=jnp.int32)[:, None]
@@ -171,10 +176,11 @@ def _regularised_gram(gram: jax.Array, used: jax.Array) -> jax.Array:
     return jnp.where(both_used, regularised, 0.0) + eye * ~used[:, :, None]
 
 
-def _inverse(gram: jax.Array, used: jax.Array) -> jax.Array:
-    """The inverse of ``_regularised_gram`` W = L Lᵀ (Cholesky): W⁻¹ = L⁻ᵀ L⁻¹, one triangular
-    solve and one product (a product runs faster than the second solve ``cho_solve`` makes):
-    [G, k, k]."""
+def _inverse(rows: jax.Array, used: jax.Array) -> jax.Array:
+    """The inverse of ``_regularised_gram`` W = L Lᵀ (Cholesky) of the rows A_W [G, k, d]:
+    W⁻¹ = L⁻ᵀ L⁻¹, one triangular solve and one product (a product runs faster than the second
+    solve ``cho_solve`` makes): [G, k, k]."""
+    gram = jnp.einsum("gkd,gld->gkl", rows, rows)
     factor = jnp.linalg.cholesky(_regularised_gram(gram, used))
     eye = jnp.broadcast_to(jnp.eye(used.shape[1], dtype=gram.dtype), gram.shape)
     factor_inverse = jax.lax.linalg.triangular_solve(factor, eye, left_side=True, lower=True)
@@ -245,64 +251,74 @@ def _solved(inverse: jax.Array, rhs: jax.Array) -> jax.Array:
     return jnp.einsum("gij,gj->gi", inverse, rhs)
 
 
-def _multipliers(rhs: jax.Array, active: ActiveSet, z: jax.Array, tol,
-                 start: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Least-squares multipliers on the active set, μ_W = (A_W A_Wᵀ)⁻¹ r with r = −A_W z
-    (``rhs``, zero on the unused slots) and 0 elsewhere. ``start`` is the caller's estimate
+def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, active: ActiveSet,
+                 z: jax.Array, tol, start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Least-squares multipliers on the active set, t = W⁻¹ r with W the regularised Gram
+    matrix of the rows A_W [G, k, d], r = −A_W z (``rhs``, zero on the unused slots) and 0
+    elsewhere, and the point v = z + A_Wᵀ t they give. ``start`` is the caller's estimate
     (kept up to date by ``_with_row`` and ``_without_rows``, or H r after a re-factorisation);
-    it is refined by μ += H (r − (A_W A_Wᵀ) μ) while that residual is too large, at most
-    1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and μ accumulate (checking
-    costs one [G, k, k] product, a refinement two; a re-factorisation of H, which the caller
-    falls back on, about fifty).
+    it is refined by t += H (r − W t) while that residual is too large, at most
+    1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and t accumulate.
 
-    Returns (μ [G, k], whether every group's μ is accurate: the residual r − (A_W A_Wᵀ) μ, the
-    slack it leaves on the active rows, is within the projection tolerance
-    tol ‖x_j‖ ‖z‖ on each of them)."""
-    gram, inverse, used = active.gram, active.inverse, active.used
-    diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
-    bound = tol * jnp.sqrt(diagonal) * jnp.linalg.norm(z, axis=1)[:, None]
+    The residual is read off the rows (no Gram matrix is kept: it would be one more [G, k, k]
+    array to update and read, cold after X's scan): with c the rows' ``squared_norms``,
+
+        r − W t = −A_W z − A_W A_Wᵀ t − ridge · c ∘ t = −A_W v − ridge · c ∘ t,
+
+    two passes over A_W, the first of which computes v, the point the caller needs anyway
+    (a refinement adds a product with H; a re-factorisation of H, which the caller falls back
+    on, costs about fifty).
+
+    Returns (t [G, k], v [G, d], whether every group's t is accurate: the residual, the slack
+    it leaves on the active rows, is within the projection tolerance tol ‖x_j‖ ‖z‖ on each of
+    them)."""
+    inverse, used = active.inverse, active.used
+    bound = tol * jnp.sqrt(squared_norms) * jnp.linalg.norm(z, axis=1)[:, None]
 
     def accurate(remainder):
         return jnp.all((jnp.abs(remainder) <= bound) | ~used)
 
-    def residual(mu):
-        product = jnp.einsum("gij,gj->gi", gram, mu) + _ridge(z.dtype) * diagonal * mu
-        return rhs - jnp.where(used, product, 0.0)
+    def point_and_residual(t):
+        point = z + jnp.einsum("gk,gkd->gd", t, rows)
+        slack = jnp.einsum("gkd,gd->gk", rows, point) + _ridge(z.dtype) * squared_norms * t
+        return point, jnp.where(used, -slack, 0.0)
 
     def refined(carry):
-        count, mu, remainder = carry
-        mu = mu + _solved(inverse, remainder)               # zero on the unused slots
-        return count + 1, mu, residual(mu)
+        count, t, _, remainder = carry
+        t = t + _solved(inverse, remainder)                 # zero on the unused slots
+        return count + 1, t, *point_and_residual(t)
 
     def inaccurate(carry):
-        count, _, remainder = carry
+        count, _, _, remainder = carry
         return (count <= REFINEMENTS) & ~accurate(remainder)
 
     start = jnp.where(used, start, 0.0)
-    _, mu, remainder = jax.lax.while_loop(inaccurate, refined, (0, start, residual(start)))
-    return jnp.where(used, mu, 0.0), accurate(remainder)
+    _, t, point, remainder = jax.lax.while_loop(inaccurate, refined,
+                                                (0, start, *point_and_residual(start)))
+    return t, point, accurate(remainder)
 
 
-def project(x: jax.Array, signs: jax.Array, groups_pattern: jax.Array, z: jax.Array,
-            active: ActiveSet, tol, max_iters: int, zero_below=None) -> Projection:
+def project(x: jax.Array, signs: jax.Array, z: jax.Array, active: ActiveSet, tol,
+            max_iters: int, outputs: int = 1, zero_below=None) -> Projection:
     """Projects every z_g onto its cone {v : e_{j,p(g)} x_j·v ≥ 0 for all j}.
 
     Args:
         x: [n, d] rows x_j.
         signs: [n, P] e_{j,p} = ±1 (2M − 1).
-        groups_pattern: [G] the pattern p(g) of each group.
-        z: [G, d] points to project.
+        z: [G, d] points to project, laid out as [G / (P·C), P, C]: group g has pattern
+            p(g) = (g // C) mod P.
         active: warm-start active sets (``empty_active_set`` for a cold start).
         tol: a constraint counts as violated when e x_j·v < −tol ‖x_j‖ ‖z‖.
         max_iters: cap on Lawson–Hanson iterations (static).
+        outputs: C (static).
         zero_below: see ``project_rows``.
     """
     rows = Problem(x=x, masks=(signs + 1.0) / 2.0, targets=None, scale=jnp.ones((), x.dtype),
                    beta=jnp.zeros((), x.dtype))
-    return project_rows(rows, groups_pattern, z, active, tol, max_iters, zero_below)
+    return project_rows(rows, z, outputs, active, tol, max_iters, zero_below)
 
 
-def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, active: ActiveSet,
+def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet,
                  tol, max_iters: int, zero_below=None) -> Projection:
     """``project`` onto the cones of the rows of ``problem`` (in memory, sharded or streamed).
 
@@ -329,7 +345,8 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
 
     def step(loop: _Loop) -> _Loop:
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
-        target, accurate = _multipliers(loop.rhs, active, z, tol, loop.target)
+        target, point, accurate = _multipliers(rows, loop.rhs, loop.squared_norms, active, z,
+                                               tol, loop.target)
         stale = ~accurate & ~loop.trusted
         frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
@@ -346,13 +363,12 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         inverse, kept_target = _without_rows(active.inverse, target, drop)
         new_mu = jnp.where(used, mu + alpha[:, None] * (target - mu), 0.0)
         new_mu = jnp.where(frozen[:, None], mu, new_mu)
-
-        point = z + jnp.einsum("gk,gkd->gd", new_mu, rows)
         # groups that look for a constraint to add; a step where none does (all of them stepped
-        # back, or are done) skips the scan of X
+        # back, or are done) skips the scan of X. Only groups that took the full step (μ' = t)
+        # search, so z + A_Wᵀ t is their point z + A_Wᵀ μ'.
         searching = feasible & ~frozen & ~shrunk_to_zero(jnp.linalg.norm(point, axis=1))
         worst, worst_slack = jax.lax.cond(
-            jnp.any(searching), lambda: _most_violated(problem, groups_pattern, point),
+            jnp.any(searching), lambda: _most_violated(problem, point, outputs),
             lambda: (jnp.zeros(groups, jnp.int32), jnp.full(groups, jnp.inf, point.dtype)))
         violated = searching & (worst_slack < -tol * z_norm)
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
@@ -361,22 +377,22 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         add = feasible & violated & ~already & has_room & ~frozen
         slot = jnp.where(add, free_slot, slots)          # out of range where nothing is added
         slot_hit = jnp.arange(slots)[None] == slot[:, None]
-        # the new row's inner products with the slots' rows fill its row and column of the Gram
-        new_row = _constraint_rows(problem, worst, groups_pattern)
-        products = jnp.einsum("gkd,gd->gk", rows, new_row)
-        products = jnp.where(slot_hit, jnp.sum(new_row**2, axis=1)[:, None], products)
+        # the new row's inner products with the slots' rows: its column of the Gram matrix
+        new_row = _constraint_rows(problem, worst, outputs)
+        squared_norm = jnp.sum(new_row**2, axis=1)[:, None]
+        products = jnp.where(slot_hit, squared_norm, jnp.einsum("gkd,gd->gk", rows, new_row))
         new_rhs = -jnp.sum(new_row * z, axis=1)
         inverse, kept_target = _with_row(inverse, kept_target, products, new_rhs, used, slot_hit)
-        gram = active.gram.at[group_index, slot].set(products, mode="drop")
-        gram = gram.at[group_index, :, slot].set(products, mode="drop")
         rows = rows.at[group_index, slot].set(new_row, mode="drop")
+        squared_norms = jnp.where(slot_hit, squared_norm, loop.squared_norms)
         rhs = jnp.where(slot_hit, new_rhs[:, None], jnp.where(used, loop.rhs, 0.0))
-        active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit, gram,
+        active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit,
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows, rhs=rhs,
-                             mu=new_mu, target=kept_target,
+        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows,
+                             squared_norms=squared_norms, rhs=rhs, mu=new_mu,
+                             target=kept_target,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
                              stale=stale, trusted=jnp.asarray(False))
@@ -385,7 +401,7 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         return (loop.iteration < max_iters) & ~jnp.all(loop.done)
 
     def refactorised(loop: _Loop) -> _Loop:
-        active = loop.active._replace(inverse=_inverse(loop.active.gram, loop.active.used))
+        active = loop.active._replace(inverse=_inverse(loop.rows, loop.active.used))
         return loop._replace(active=active, target=_solved(active.inverse, loop.rhs),
                              stale=jnp.asarray(False), trusted=jnp.asarray(True),
                              refactorisations=loop.refactorisations + 1)
@@ -394,10 +410,12 @@ def project_rows(problem: Problem, groups_pattern: jax.Array, z: jax.Array, acti
         return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale, step, loop)
 
     no_groups = jnp.zeros(groups, bool)
-    rows = _constraint_rows(problem, active.rows, groups_pattern)
+    rows = _constraint_rows(problem, active.rows, outputs)
     rhs = jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
-    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows, rhs=rhs,
-                 mu=jnp.zeros((groups, slots), z.dtype), target=_solved(active.inverse, rhs),
+    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
+                 squared_norms=jnp.sum(rows**2, axis=2), rhs=rhs,
+                 mu=jnp.zeros((groups, slots), z.dtype),
+                 target=_solved(active.inverse, rhs),
                  done=shrunk_to_zero(z_norm),
                  out_of_room=no_groups,
                  stale=jnp.asarray(False), trusted=jnp.asarray(False),
@@ -426,12 +444,6 @@ def ungroup(rows: jax.Array, shape) -> jax.Array:
     return jnp.moveaxis(rows.reshape(halves, patterns, outputs, dim), -1, 1)
 
 
-def group_pattern_index(shape) -> jax.Array:
-    """[H·P·C] the pattern of each group in ``groups`` order."""
-    halves, _, patterns, outputs = shape
-    return jnp.broadcast_to(jnp.arange(patterns)[:, None], (halves, patterns, outputs)).reshape(-1)
-
-
 def cold_start_iterations(slots: int) -> int:
     """Lawson–Hanson iterations for a projection far from its warm start (or from none):
     each iteration adds or drops one row, so a few passes over the ``slots`` rows."""
@@ -447,6 +459,5 @@ def project_groups(problem: Problem, rows: jax.Array, shape, active: ActiveSet,
                    max_iters: int, zero_below=None) -> Projection:
     """Projects the groups ``rows`` [H·P·C, d] of a [H, d, P, C] array onto their cones
     (``zero_below``: see ``project_rows``)."""
-    return project_rows(problem, group_pattern_index(shape), rows, active,
-                        projection_tolerance(rows.dtype), max_iters=max_iters,
-                        zero_below=zero_below)
+    return project_rows(problem, rows, shape[3], active, projection_tolerance(rows.dtype),
+                        max_iters=max_iters, zero_below=zero_below)

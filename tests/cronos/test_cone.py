@@ -21,11 +21,11 @@ def test_projection_matches_nnls_cold_and_warm():
     x = rng.normal(size=(n, d))
     gates = rng.normal(size=(d, patterns))
     signs = np.where(x @ gates >= 0, 1.0, -1.0)
-    group_pattern = np.array([0, 1, 2, 0, 1, 2])
-    project = jax.jit(cone.project, static_argnames="max_iters")
+    group_pattern = np.array([0, 1, 2, 0, 1, 2])          # groups laid out as [2, P, C = 1]
+    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     z = rng.normal(size=(6, d))
     z[0] = 2 * gates[:, 0]                 # a gate lies in its own cone: its projection is itself
-    result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(group_pattern), jnp.asarray(z),
+    result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
                      cone.empty_active_set(6, d, jnp.float64), TOL, 100)
     assert bool(jnp.all(result.complete))
     for g in range(6):
@@ -35,8 +35,7 @@ def test_projection_matches_nnls_cold_and_warm():
     np.testing.assert_allclose(result.point[0], z[0], atol=1e-12)
 
     moved = z + 0.05 * rng.normal(size=z.shape)
-    warm = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(group_pattern), jnp.asarray(moved),
-                   result.active, TOL, 100)
+    warm = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(moved), result.active, TOL, 100)
     assert int(warm.iterations) < int(result.iterations)
     for g in range(6):
         a = signs[:, [group_pattern[g]]] * x
@@ -44,13 +43,15 @@ def test_projection_matches_nnls_cold_and_warm():
                                    atol=accuracy(x, moved[g]))
 
 
-def _gram_inverse_error(active):
-    """max over groups of ‖H W − I‖ on the used slots, W = A_W A_Wᵀ (1 + 10 eps on the diagonal)."""
+def _gram_inverse_error(active, x, signs, group_pattern):
+    """max over groups of ‖H W − I‖ on the used slots, W = A_W A_Wᵀ (1 + 10 eps on the diagonal)
+    of the active rows e_{j,p(g)} x_j."""
     worst = 0.0
-    eps = np.finfo(np.asarray(active.gram).dtype).eps
-    for gram, inverse, used in zip(np.asarray(active.gram), np.asarray(active.inverse),
-                                   np.asarray(active.used)):
-        block = gram[np.ix_(used, used)] * (1 + 10 * eps * np.eye(used.sum()))
+    eps = np.finfo(np.asarray(active.inverse).dtype).eps
+    for index, inverse, used, pattern in zip(np.asarray(active.rows), np.asarray(active.inverse),
+                                             np.asarray(active.used), group_pattern):
+        rows = signs[index[used], pattern][:, None] * x[index[used]]
+        block = rows @ rows.T * (1 + 10 * eps * np.eye(used.sum()))
         worst = max(worst, np.abs(inverse[np.ix_(used, used)] @ block - np.eye(used.sum())).max())
     return worst
 
@@ -62,20 +63,20 @@ def test_warm_started_projections_keep_the_exact_inverse():
     n, d, patterns = 400, 16, 4
     x = rng.normal(size=(n, d))
     signs = np.where(x @ rng.normal(size=(d, patterns)) >= 0, 1.0, -1.0)
-    group_pattern = np.arange(patterns).repeat(2)
-    project = jax.jit(cone.project, static_argnames="max_iters")
+    group_pattern = np.arange(patterns).repeat(2)         # laid out as [1, P, C = 2]
+    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     active = cone.empty_active_set(len(group_pattern), d, jnp.float64)
     z = rng.normal(size=(len(group_pattern), d))
     iterations = refactorisations = 0
     for _ in range(6):
         z = z + 0.5 * rng.normal(size=z.shape)
-        result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(group_pattern),
-                         jnp.asarray(z), active, TOL, 200)
+        result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z), active, TOL, 200,
+                         outputs=2)
         active = result.active
         assert bool(jnp.all(result.complete))
         iterations += int(result.iterations)
         refactorisations += int(result.refactorisations)
-        assert _gram_inverse_error(active) < 1e-4
+        assert _gram_inverse_error(active, x, signs, group_pattern) < 1e-4
         for g, pattern in enumerate(group_pattern):
             np.testing.assert_allclose(result.point[g],
                                        reference_projection(signs[:, [pattern]] * x, z[g]),
@@ -104,8 +105,7 @@ def test_the_least_squares_multipliers_follow_rows_entering_and_leaving():
     rhs = rng.normal(size=(groups, slots))
     used = np.zeros((groups, slots), bool)
     used[:, :4] = True
-    gram = np.einsum("gkd,gld->gkl", rows, rows)
-    inverse = cone._inverse(jnp.asarray(gram), jnp.asarray(used))
+    inverse = cone._inverse(jnp.asarray(rows), jnp.asarray(used))
     target = jnp.asarray([_least_squares_multipliers(rows[g], used[g], rhs[g])
                           for g in range(groups)])
 
@@ -140,16 +140,16 @@ def test_float32_projections_onto_nearly_dependent_rows_stay_finite_and_close():
     x = np.hstack([x, np.ones((120, 1))])
     patterns = 8
     signs = np.where(x @ rng.normal(size=(4, patterns)) >= 0, 1.0, -1.0)
-    group_pattern = np.arange(patterns).repeat(2)
-    project = jax.jit(cone.project, static_argnames="max_iters")
+    group_pattern = np.arange(patterns).repeat(2)         # laid out as [1, P, C = 2]
+    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     active = cone.empty_active_set(len(group_pattern), 4, jnp.float32)
     z = rng.normal(size=(len(group_pattern), 4))
     refactorisations = 0
     for _ in range(40):
         z = z + 0.3 * rng.normal(size=z.shape)
         result = project(jnp.asarray(x, jnp.float32), jnp.asarray(signs, jnp.float32),
-                         jnp.asarray(group_pattern), jnp.asarray(z, jnp.float32), active,
-                         cone.projection_tolerance(jnp.float32), 100)
+                         jnp.asarray(z, jnp.float32), active, cone.projection_tolerance(jnp.float32),
+                         100, outputs=2)
         active = result.active
         refactorisations += int(result.refactorisations)
         assert np.all(np.isfinite(np.asarray(result.point)))
@@ -168,7 +168,7 @@ def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
     x = rng.normal(size=(n, d))
     gates = rng.normal(size=(d, patterns))
     signs = np.where(x @ gates >= 0, 1.0, -1.0)
-    group_pattern = np.tile(np.arange(patterns), 4)
+    group_pattern = np.tile(np.arange(patterns), 4)       # laid out as [4, P, C = 1]
     directions = (gates / np.linalg.norm(gates, axis=0)).T[group_pattern]
     z = np.linspace(0.2, 3.0, len(group_pattern))[:, None] * directions
     z = z + 0.5 * rng.normal(size=z.shape)
@@ -181,8 +181,8 @@ def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
         norms = np.linalg.norm(points, axis=1, keepdims=True)
         return points * np.maximum(0.0, 1.0 - threshold / np.maximum(norms, 1e-300))
 
-    project = jax.jit(cone.project, static_argnames="max_iters")
-    args = (jnp.asarray(x), jnp.asarray(signs), jnp.asarray(group_pattern), jnp.asarray(z),
+    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
+    args = (jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
             cone.empty_active_set(len(group_pattern), d, jnp.float64), 1e-10, 100)
     full, early = project(*args), project(*args, zero_below=threshold)
     assert bool(jnp.all(early.complete))

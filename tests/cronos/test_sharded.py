@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from flax_cronos import cronos
 from flax_cronos.cronos import admm, certificate, rows
 from flax_cronos.data.synthetic import teacher_classes
-from tests.cronos.solutions import assert_same_solution
+from tests.cronos.solutions import RELU_FLOAT64_RTOL, assert_same_solution
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: XLA_FLAGS="
                                 "--xla_force_host_platform_device_count=8 before jax starts")
@@ -42,12 +42,13 @@ def test_sharded_solve_equals_single_device_solve_float64(activation, classes):
     single = cronos.solve(x, y, config(activation), key=jax.random.key(1))
     sharded = cronos.solve(x, y, config(activation), key=jax.random.key(1), mesh=rows.row_mesh())
     assert single.stats.iterations >= 20
-    assert_same_solution(sharded, single, rtol=1e-10)
+    assert_same_solution(sharded, single,
+                         rtol=RELU_FLOAT64_RTOL if activation == "relu" else 1e-10)
 
 
 def test_sharded_solve_equals_single_device_solve_float32():
-    """float32, 200 iterations: the iterates agree to about 1e-5 of the largest weight, the
-    objective terms to 1e-5. Float32 rounding of the reductions, summed in another order (per
+    """float32, 200 iterations: the iterates agree to 1e-4 of the largest weight (5e-5 to 7e-5
+    on a Zen 5 EPYC), and so does the penalty; the objective and the loss to 1e-5. Float32 rounding of the reductions, summed in another order (per
     device, and on one CPU device through the transposed copy of X), is amplified by the
     u-system's conditioning; the streamed solve and the in-memory one differ as much. (The cone
     projections on sharded rows are the float64 test's.)"""
