@@ -100,8 +100,9 @@ class _Loop(NamedTuple):
     """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
     the rows' squared norms [G, k] and −A_W z [G, k] (zero on the unused slots), multipliers μ
     [G, k], the least-squares multipliers on the active sets, kept up to date as rows enter
-    and leave (``target`` [G, k]), and per group whether it is done or out of room; ``stale``: the last step found H inaccurate and changed nothing;
-    ``trusted``: H was just re-factorised, so the next step takes it without checking."""
+    and leave (``target`` [G, k]), and per group whether it is done or out of room;
+    ``stale``: the last step found H inaccurate and changed nothing; ``trusted``: H was just
+    re-factorised, so the next step takes it without checking."""
 
     iteration: jax.Array
     active: ActiveSet
@@ -267,7 +268,7 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
 
     two passes over A_W, the first of which computes v, the point the caller needs anyway
     (a refinement adds a product with H; a re-factorisation of H, which the caller falls back
-    on, costs about fifty).
+    on, costs about fifty such passes).
 
     Returns (t [G, k], v [G, d], whether every group's t is accurate: the residual, the slack
     it leaves on the active rows, is within the projection tolerance tol ‖x_j‖ ‖z‖ on each of
@@ -295,7 +296,7 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
     start = jnp.where(used, start, 0.0)
     _, t, point, remainder = jax.lax.while_loop(inaccurate, refined,
                                                 (0, start, *point_and_residual(start)))
-    return t, point, accurate(remainder)
+    return jnp.where(used, t, 0.0), point, accurate(remainder)
 
 
 def project(x: jax.Array, signs: jax.Array, z: jax.Array, active: ActiveSet, tol,
