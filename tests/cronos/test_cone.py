@@ -148,8 +148,8 @@ def test_float32_projections_onto_nearly_dependent_rows_stay_finite_and_close():
     for _ in range(40):
         z = z + 0.3 * rng.normal(size=z.shape)
         result = project(jnp.asarray(x, jnp.float32), jnp.asarray(signs, jnp.float32),
-                         jnp.asarray(z, jnp.float32), active, cone.projection_tolerance(jnp.float32),
-                         100, outputs=2)
+                         jnp.asarray(z, jnp.float32), active,
+                         cone.projection_tolerance(jnp.float32), 100, outputs=2)
         active = result.active
         refactorisations += int(result.refactorisations)
         assert np.all(np.isfinite(np.asarray(result.point)))
