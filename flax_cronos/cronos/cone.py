@@ -118,16 +118,18 @@ class _Loop(NamedTuple):
     refactorisations: jax.Array
 
 
-def _group_patterns(groups: int, patterns: int, outputs: int) -> jax.Array:
-    """[G] the pattern p(g) of each group, the groups laid out as [G / (P·C), P, C]."""
-    return jnp.broadcast_to(jnp.arange(patterns)[:, None],
-                            (groups // (patterns * outputs), patterns, outputs)).reshape(-1)
+def _over_groups(per_pattern: jax.Array, groups: int, outputs: int) -> jax.Array:
+    """[..., P] → [..., G]: each group's entry for its pattern, the groups laid out as
+    [G / (P·C), P, C] (``groups`` order), so group g has pattern (g // C) mod P."""
+    *lead, patterns = per_pattern.shape
+    layout = (*lead, groups // (patterns * outputs), patterns, outputs)
+    return jnp.broadcast_to(per_pattern[..., None, :, None], layout).reshape(*lead, groups)
 
 
 def _constraint_rows(problem: Problem, index: jax.Array, outputs: int) -> jax.Array:
     """Rows e_{j,p(g)} x_j of the constraints j = ``index`` [G, ...] of each group g: [G, ..., d]."""
     x, masks = gather_rows(problem, index)                              # [G, ..., d], [G, ..., P]
-    groups_pattern = _group_patterns(len(index), problem.num_patterns, outputs)
+    groups_pattern = _over_groups(jnp.arange(problem.num_patterns), len(index), outputs)
     pattern = groups_pattern.reshape(groups_pattern.shape + (1,) * index.ndim)
     return x * (2.0 * jnp.take_along_axis(masks, pattern, axis=-1) - 1.0)
 
@@ -137,16 +139,13 @@ def _most_violated(problem: Problem, point: jax.Array,
     """Per group, the constraint with the smallest slack e_j x_j·v_g / ‖x_j‖ (the first one on
     ties) and that slack: ([G] int32, [G]); v = ``point`` [G, d], groups in ``groups`` order."""
     tiny = jnp.finfo(point.dtype).tiny
-    patterns = problem.num_patterns
 
     def block(rows):
         norms = rows.row_norms()[:, None]
-        weights = cone_signs(rows) * (1.0 / jnp.maximum(norms, tiny))       # [b, P]
-        # each group's column, e_{j,p(g)} / ‖x_j‖, by broadcasting over the groups' layout
-        # [copies, P, C]: it fuses into the slacks, where a product or gather would not
-        weights = jnp.broadcast_to(weights[:, None, :, None],
-                                   (len(weights), len(point) // (patterns * outputs), patterns,
-                                    outputs)).reshape(len(weights), len(point))
+        # each group's column e_{j,p(g)} / ‖x_j‖ [b, G], a broadcast over the groups' layout:
+        # it fuses into the slacks, where a product or gather would not
+        weights = _over_groups(cone_signs(rows) * (1.0 / jnp.maximum(norms, tiny)), len(point),
+                               outputs)
         slack = jnp.where(norms > 0, (rows.x @ point.T) * weights, jnp.inf)
         smallest = jnp.min(slack, axis=0)
         # the first row attaining it; two plain reductions are ~2× faster than XLA's argmin on CPU

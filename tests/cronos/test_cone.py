@@ -43,15 +43,19 @@ def test_projection_matches_nnls_cold_and_warm():
                                    atol=accuracy(x, moved[g]))
 
 
+def _regularised_gram(rows):
+    """A_W A_Wᵀ of the rows A_W, its diagonal × (1 + 10 eps), as the solver regularises it."""
+    return rows @ rows.T * (1 + 10 * np.finfo(rows.dtype).eps * np.eye(len(rows)))
+
+
 def _gram_inverse_error(active, x, signs, group_pattern):
     """max over groups of ‖H W − I‖ on the used slots, W = A_W A_Wᵀ (1 + 10 eps on the diagonal)
     of the active rows e_{j,p(g)} x_j."""
     worst = 0.0
-    eps = np.finfo(np.asarray(active.inverse).dtype).eps
     for index, inverse, used, pattern in zip(np.asarray(active.rows), np.asarray(active.inverse),
                                              np.asarray(active.used), group_pattern):
         rows = signs[index[used], pattern][:, None] * x[index[used]]
-        block = rows @ rows.T * (1 + 10 * eps * np.eye(used.sum()))
+        block = _regularised_gram(rows)
         worst = max(worst, np.abs(inverse[np.ix_(used, used)] @ block - np.eye(used.sum())).max())
     return worst
 
@@ -88,10 +92,8 @@ def test_warm_started_projections_keep_the_exact_inverse():
 
 def _least_squares_multipliers(rows, used, rhs):
     """(A_W A_Wᵀ)⁻¹ r on the used slots, with the diagonal's relative ridge, 0 elsewhere."""
-    eps = np.finfo(rows.dtype).eps
-    block = rows[used] @ rows[used].T * (1 + 10 * eps * np.eye(used.sum()))
     multipliers = np.zeros(len(used))
-    multipliers[used] = np.linalg.solve(block, rhs[used])
+    multipliers[used] = np.linalg.solve(_regularised_gram(rows[used]), rhs[used])
     return multipliers
 
 
