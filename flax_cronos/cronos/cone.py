@@ -97,16 +97,25 @@ class Projection(NamedTuple):
 
 
 class _Loop(NamedTuple):
-    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d],
+    """The Lawson–Hanson loop's carry: iteration count, active sets, their rows A_W [G, k, d]
+    but for the row that entered in the last step (``entering_row`` [G, d], in slot
+    ``entering_slot`` [G], out of range where none entered; ``_with_entering_row`` writes it),
     the rows' squared norms [G, k] and −A_W z [G, k] (zero on the unused slots), multipliers μ
     [G, k], the least-squares multipliers on the active sets, kept up to date as rows enter
     and leave (``target`` [G, k]), and per group whether it is done or out of room;
     ``stale``: the last step found H inaccurate and changed nothing; ``trusted``: H was just
-    re-factorised, so the next step takes it without checking."""
+    re-factorised, so the next step takes it without checking.
+
+    A step writes the row it adds at the start of the next step, before anything reads A_W:
+    XLA then updates A_W in place. Written at the end of the step that found it, after that
+    step's reads of A_W, it cost two copies of A_W (8 MB each at k = d = 256 and 32 groups)
+    per step."""
 
     iteration: jax.Array
     active: ActiveSet
     rows: jax.Array
+    entering_slot: jax.Array
+    entering_row: jax.Array
     squared_norms: jax.Array
     rhs: jax.Array
     mu: jax.Array
@@ -298,6 +307,14 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
     return jnp.where(used, t, 0.0), point, accurate(remainder)
 
 
+def _with_entering_row(loop: _Loop) -> _Loop:
+    """The loop with its entering rows written into A_W (``_Loop``)."""
+    groups, slots = loop.active.used.shape
+    rows = loop.rows.at[jnp.arange(groups), loop.entering_slot].set(loop.entering_row,
+                                                                     mode="drop")
+    return loop._replace(rows=rows, entering_slot=jnp.full(groups, slots, jnp.int32))
+
+
 def project(x: jax.Array, signs: jax.Array, z: jax.Array, active: ActiveSet, tol,
             max_iters: int, outputs: int = 1, zero_below=None) -> Projection:
     """Projects every z_g onto its cone {v : e_{j,p(g)} x_j·v ≥ 0 for all j}.
@@ -337,13 +354,13 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
     (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as accurate as it
     gets)."""
     groups, slots = active.used.shape
-    group_index = jnp.arange(groups)
     z_norm = jnp.linalg.norm(z, axis=1)
 
     def shrunk_to_zero(norm):
         return jnp.zeros(groups, bool) if zero_below is None else norm <= zero_below
 
     def step(loop: _Loop) -> _Loop:
+        loop = _with_entering_row(loop)
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
         target, point, accurate = _multipliers(rows, loop.rhs, loop.squared_norms, active, z,
                                                tol, loop.target)
@@ -383,14 +400,14 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
         products = jnp.where(slot_hit, squared_norm, jnp.einsum("gkd,gd->gk", rows, new_row))
         new_rhs = -jnp.sum(new_row * z, axis=1)
         inverse, kept_target = _with_row(inverse, kept_target, products, new_rhs, used, slot_hit)
-        rows = rows.at[group_index, slot].set(new_row, mode="drop")
         squared_norms = jnp.where(slot_hit, squared_norm, loop.squared_norms)
         rhs = jnp.where(slot_hit, new_rhs[:, None], jnp.where(used, loop.rhs, 0.0))
         active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit,
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        return loop._replace(iteration=loop.iteration + ~stale, active=active, rows=rows,
+        return loop._replace(iteration=loop.iteration + ~stale, active=active,
+                             entering_slot=slot.astype(jnp.int32), entering_row=new_row,
                              squared_norms=squared_norms, rhs=rhs, mu=new_mu,
                              target=kept_target,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
@@ -401,6 +418,7 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
         return (loop.iteration < max_iters) & ~jnp.all(loop.done)
 
     def refactorised(loop: _Loop) -> _Loop:
+        loop = _with_entering_row(loop)
         active = loop.active._replace(inverse=_inverse(loop.rows, loop.active.used))
         return loop._replace(active=active, target=_solved(active.inverse, loop.rhs),
                              stale=jnp.asarray(False), trusted=jnp.asarray(True),
@@ -413,6 +431,7 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
     rows = _constraint_rows(problem, active.rows, outputs)
     rhs = jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
     loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
+                 entering_slot=jnp.full(groups, slots, jnp.int32), entering_row=jnp.zeros_like(z),
                  squared_norms=jnp.sum(rows**2, axis=2), rhs=rhs,
                  mu=jnp.zeros((groups, slots), z.dtype),
                  target=_solved(active.inverse, rhs),
@@ -425,6 +444,7 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
     loop = until_stale(loop)
     loop = jax.lax.while_loop(lambda loop: running(loop) & loop.stale,
                               lambda loop: until_stale(refactorised(loop)), loop)
+    # the last entering row has μ = 0: the point does not need it written
     point = z + jnp.einsum("gk,gkd->gd", loop.mu, loop.rows)
     return Projection(point, loop.active, loop.iteration, loop.done & ~loop.out_of_room,
                       loop.out_of_room, loop.refactorisations)
