@@ -196,62 +196,96 @@ def _inverse(rows: jax.Array, used: jax.Array) -> jax.Array:
     return jnp.einsum("gji,gjk->gik", factor_inverse, factor_inverse)
 
 
-def _with_row(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: jax.Array,
-              used: jax.Array, added: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The inverse and the least-squares multipliers t = H r after adding the row whose Gram
-    column is ``products`` [G, k] and whose right-hand side is ``rhs`` [G] in the free slot s
-    marked by ``added`` [G, k] (no slot where a group adds nothing), by bordering: with
-    h = H b (b the products with the used slots) and the Schur complement
-    σ = c(1 + ridge) − bᵀh (c = the row's squared norm; σ ≥ ridge · c),
+def _bordering(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: jax.Array,
+               used: jax.Array, added: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Adding the row whose Gram column is ``products`` [G, k] and whose right-hand side is
+    ``rhs`` [G] in the free slot s marked by ``added`` [G, k] (no slot where a group adds
+    nothing), by bordering: with h = H b (b the products with the used slots) and the Schur
+    complement σ = c(1 + ridge) − bᵀh (c = the row's squared norm; σ ≥ ridge · c),
 
-        H' = H − e_s e_sᵀ + (e_s − h)(e_s − h)ᵀ / σ,
+        H' = H − e_s e_sᵀ + g gᵀ / σ,   g = e_s − h,
         t'_s = (r_s − bᵀt) / σ,   t' = t − h t'_s on the other slots.
-    """
+
+    Returns the rank-one term's g [G, k] and σ [G] (0 and 1 where a group adds nothing) and
+    t' [G, k] (``_rank_one_update`` applies the term)."""
     ridge = _ridge(inverse.dtype)
     b = jnp.where(used, products, 0.0)
     h = _solved(inverse, b)
     c = jnp.sum(jnp.where(added, products, 0.0), axis=1)
     schur = jnp.maximum(c * (1.0 + ridge) - jnp.sum(b * h, axis=1), ridge * c)
     schur = jnp.where(schur > 0, schur, 1.0)
-    e = added.astype(inverse.dtype)
-    g = e - h
-    update = g[:, :, None] * g[:, None, :] / schur[:, None, None]
-    grown = inverse - e[:, :, None] * e[:, None, :] + update
+    g = added.astype(inverse.dtype) - h
     new_multiplier = (rhs - jnp.sum(b * target, axis=1)) / schur
     grown_target = target + g * new_multiplier[:, None]     # t_s = 0 on the free slot
     adds = jnp.any(added, axis=1)
-    return (jnp.where(adds[:, None, None], grown, inverse),
+    return (jnp.where(adds[:, None], g, 0.0), jnp.where(adds, schur, 1.0),
             jnp.where(adds[:, None], grown_target, target))
 
 
-def _without_rows(inverse: jax.Array, target: jax.Array,
-                  dropped: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The inverse and the least-squares multipliers t = H r after dropping the slots marked in
-    ``dropped`` [G, k], one at a time by the Schur complement: dropping s with q = H e_s,
+def _schur_complement(inverse: jax.Array, target: jax.Array,
+                      dropped: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Dropping the slot s marked by ``dropped`` [G, k] (at most one per group) by the Schur
+    complement: with q = H e_s,
 
-        H' = H − q qᵀ / q_s,   t' = t − q t_s / q_s   on the other slots,   H' e_s = e_s,
-        t'_s = 0.
-    """
-    slots = jnp.arange(dropped.shape[1])
+        H' = H + q qᵀ / (−q_s), then row and column s set to e_s,
+        t' = t − q t_s / q_s on the other slots,   t'_s = 0.
+
+    Returns the rank-one term's q [G, k] and −q_s [G] (q = 0 where a group drops nothing) and
+    t' [G, k] (``_rank_one_update`` applies the term)."""
+    first = jnp.argmax(dropped, axis=1)
+    drops = jnp.any(dropped, axis=1)[:, None]
+    q = jnp.take_along_axis(inverse, first[:, None, None], axis=2)[..., 0]
+    pivot = jnp.take_along_axis(q, first[:, None], axis=1)
+    q = jnp.where(drops, q, 0.0)
+    dropped_multiplier = jnp.take_along_axis(target, first[:, None], axis=1)
+    return q, -pivot[:, 0], jnp.where(dropped, 0.0, target - q * dropped_multiplier / pivot)
+
+
+def _rank_one_update(inverse: jax.Array, u: jax.Array, denominator: jax.Array,
+                     added: jax.Array, dropped: jax.Array) -> jax.Array:
+    """H' = H − e_a e_aᵀ + u uᵀ / ``denominator``, per group, with a the slot marked in
+    ``added`` [G, k] (``_bordering``: H is the identity there) and, after it, the row and
+    column of the slot marked in ``dropped`` (``_schur_complement``) set exactly to the
+    identity's, so that no rounding couples that slot to the used ones. One pass over H [G, k, k]
+    serves a step whatever each group does: add a row, drop one, or neither (u = 0)."""
+    e = added.astype(inverse.dtype)
+    updated = (inverse - e[:, :, None] * e[:, None, :]
+               + u[:, :, None] * u[:, None, :] / denominator[:, None, None])
     eye = jnp.eye(dropped.shape[1], dtype=inverse.dtype)
+    return jnp.where(dropped[:, :, None] | dropped[:, None, :], eye * dropped[:, :, None], updated)
+
+
+def _first(marked: jax.Array) -> jax.Array:
+    """[G, k] bool → the first marked slot of each group, one-hot (none where none is)."""
+    slots = jnp.arange(marked.shape[1])
+    return (slots[None] == jnp.argmax(marked, axis=1)[:, None]) & jnp.any(marked, axis=1)[:, None]
+
+
+def _exchanged(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: jax.Array,
+               used: jax.Array, added: jax.Array,
+               dropped: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The inverse and the least-squares multipliers t = H r after each group either adds the
+    row in the slot marked by ``added`` (``_bordering``; ``used`` [G, k]: the slots kept) or
+    drops the slots marked by ``dropped`` [G, k] (``_schur_complement``), never both: a
+    Lawson–Hanson step either adds a row or steps back. So one ``_rank_one_update`` covers
+    every group's addition or first drop, and only further drops take one pass over H each."""
+    g, schur, grown_target = _bordering(inverse, target, products, rhs, used, added)
+    first = _first(dropped)
+    q, pivot, shrunk_target = _schur_complement(inverse, target, first)
+    adds = jnp.any(added, axis=1)
+    inverse = _rank_one_update(inverse, jnp.where(adds[:, None], g, q),
+                               jnp.where(adds, schur, pivot), added, first)
+    target = jnp.where(adds[:, None], grown_target, shrunk_target)
+    no_slot = jnp.zeros_like(dropped)
 
     def drop_first(carry):
         inverse, target, pending = carry
-        first = jnp.argmax(pending, axis=1)
-        drop = jnp.any(pending, axis=1)
-        e = (slots[None] == first[:, None]) & drop[:, None]
-        q = jnp.take_along_axis(inverse, first[:, None, None], axis=2)[..., 0]
-        pivot = jnp.take_along_axis(q, first[:, None], axis=1)
-        q = jnp.where(drop[:, None], q, 0.0)
-        inverse = inverse - q[:, :, None] * q[:, None, :] / pivot[:, :, None]
-        # row and column s become exactly e_s, so no rounding couples s to the used slots
-        inverse = jnp.where(e[:, :, None] | e[:, None, :], eye * e[:, :, None], inverse)
-        dropped_multiplier = jnp.take_along_axis(target, first[:, None], axis=1)
-        target = jnp.where(e, 0.0, target - q * dropped_multiplier / pivot)
-        return inverse, target, pending & ~e
+        first = _first(pending)
+        q, pivot, target = _schur_complement(inverse, target, first)
+        return _rank_one_update(inverse, q, pivot, no_slot, first), target, pending & ~first
 
     inverse, target, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[2]), drop_first,
-                                            (inverse, target, dropped))
+                                            (inverse, target, dropped & ~first))
     return inverse, target
 
 
@@ -265,8 +299,8 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
     """Least-squares multipliers on the active set, t = W⁻¹ r with W the regularised Gram
     matrix of the rows A_W [G, k, d], r = −A_W z (``rhs``, zero on the unused slots) and 0
     elsewhere, and the point v = z + A_Wᵀ t they give. ``start`` is the caller's estimate
-    (kept up to date by ``_with_row`` and ``_without_rows``, or H r after a re-factorisation);
-    it is refined by t += H (r − W t) while that residual is too large, at most
+    (kept up to date by ``_bordering`` and ``_schur_complement``, or H r after a
+    re-factorisation); it is refined by t += H (r − W t) while that residual is too large, at most
     1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and t accumulate.
 
     The residual is read off the rows (no Gram matrix is kept: it would be one more [G, k, k]
@@ -376,8 +410,6 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
         reached_zero = jnp.where(cold_multipliers, blocking, blocking & (ratio <= alpha[:, None]))
         drop = ~feasible[:, None] & reached_zero & ~frozen[:, None]
         used = active.used & ~drop
-        # the least-squares multipliers on the active set left, for the next step
-        inverse, kept_target = _without_rows(active.inverse, target, drop)
         new_mu = jnp.where(used, mu + alpha[:, None] * (target - mu), 0.0)
         new_mu = jnp.where(frozen[:, None], mu, new_mu)
         # groups that look for a constraint to add; a step where none does (all of them stepped
@@ -399,7 +431,9 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
         squared_norm = jnp.sum(new_row**2, axis=1)[:, None]
         products = jnp.where(slot_hit, squared_norm, jnp.einsum("gkd,gd->gk", rows, new_row))
         new_rhs = -jnp.sum(new_row * z, axis=1)
-        inverse, kept_target = _with_row(inverse, kept_target, products, new_rhs, used, slot_hit)
+        # H and the least-squares multipliers on the new active set, for the next step
+        inverse, kept_target = _exchanged(active.inverse, target, products, new_rhs, used,
+                                          slot_hit, drop)
         squared_norms = jnp.where(slot_hit, squared_norm, loop.squared_norms)
         rhs = jnp.where(slot_hit, new_rhs[:, None], jnp.where(used, loop.rhs, 0.0))
         active = ActiveSet(jnp.where(slot_hit, worst[:, None], active.rows), used | slot_hit,

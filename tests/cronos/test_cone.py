@@ -98,9 +98,10 @@ def _least_squares_multipliers(rows, used, rhs):
 
 
 def test_the_least_squares_multipliers_follow_rows_entering_and_leaving():
-    """A step keeps t = (A_W A_Wᵀ)⁻¹ r up to date through the bordering and Schur-complement
-    updates instead of re-solving for it: after a row enters and after two leave, t is the
-    fresh solve's."""
+    """A step keeps H and t = (A_W A_Wᵀ)⁻¹ r up to date through the bordering and
+    Schur-complement updates instead of re-solving: after two groups add a row while a third
+    drops one (one rank-one pass for all three), and after two rows leave one group and one
+    another, t is the fresh solve's and H the inverse of the fresh Gram matrix."""
     rng = np.random.default_rng(3)
     groups, slots, d = 3, 6, 8
     rows = rng.normal(size=(groups, slots, d))
@@ -111,24 +112,38 @@ def test_the_least_squares_multipliers_follow_rows_entering_and_leaving():
     target = jnp.asarray([_least_squares_multipliers(rows[g], used[g], rhs[g])
                           for g in range(groups)])
 
+    def check(inverse, target, used):
+        for g in range(groups):
+            np.testing.assert_allclose(target[g],
+                                       _least_squares_multipliers(rows[g], used[g], rhs[g]),
+                                       rtol=1e-9, atol=1e-9)
+            kept = np.ix_(used[g], used[g])
+            np.testing.assert_allclose(np.asarray(inverse[g])[kept],
+                                       np.linalg.inv(_regularised_gram(rows[g][used[g]])),
+                                       rtol=1e-9, atol=1e-9)
+            np.testing.assert_array_equal(np.asarray(inverse[g])[~used[g]],
+                                          np.eye(slots)[~used[g]])
+
     added = np.zeros_like(used)
-    added[[0, 2], [4, 5]] = True                      # groups 0 and 2 add a row, group 1 none
+    added[[0, 2], [4, 5]] = True                      # groups 0 and 2 add a row
+    dropped = np.zeros_like(used)
+    dropped[1, 2] = True                              # while group 1 drops one
     products = jnp.asarray(np.einsum("gkd,gd->gk", rows, rows[np.arange(groups), added.argmax(1)]))
     new_rhs = jnp.asarray(rhs[np.arange(groups), added.argmax(1)])
-    inverse, target = cone._with_row(inverse, target, products, new_rhs, jnp.asarray(used),
-                                     jnp.asarray(added))
+    used = used & ~dropped
+    inverse, target = cone._exchanged(inverse, target, products, new_rhs, jnp.asarray(used),
+                                      jnp.asarray(added), jnp.asarray(dropped))
     used = used | added
-    for g in range(groups):
-        np.testing.assert_allclose(target[g], _least_squares_multipliers(rows[g], used[g], rhs[g]),
-                                   rtol=1e-9, atol=1e-9)
+    check(inverse, target, used)
 
     dropped = np.zeros_like(used)
     dropped[0, [1, 4]] = dropped[1, 0] = True          # two rows leave group 0, one group 1
-    inverse, target = cone._without_rows(inverse, target, jnp.asarray(dropped))
+    no_rows = np.zeros_like(used)
     used = used & ~dropped
-    for g in range(groups):
-        np.testing.assert_allclose(target[g], _least_squares_multipliers(rows[g], used[g], rhs[g]),
-                                   rtol=1e-9, atol=1e-9)
+    inverse, target = cone._exchanged(inverse, target, jnp.zeros_like(target),
+                                      jnp.zeros(groups), jnp.asarray(used),
+                                      jnp.asarray(no_rows), jnp.asarray(dropped))
+    check(inverse, target, used)
 
 
 def test_float32_projections_onto_nearly_dependent_rows_stay_finite_and_close():
