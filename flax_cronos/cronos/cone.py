@@ -156,10 +156,7 @@ def _most_violated(problem: Problem, point: jax.Array,
         weights = _over_groups(cone_signs(rows) * (1.0 / jnp.maximum(norms, tiny)), len(point),
                                outputs)
         slack = jnp.where(norms > 0, (rows.x @ point.T) * weights, jnp.inf)
-        smallest = jnp.min(slack, axis=0)
-        # the first row attaining it; two plain reductions are ~2× faster than XLA's argmin on CPU
-        row = jnp.arange(slack.shape[0], dtype=jnp.int32)[:, None]
-        worst = jnp.min(jnp.where(slack == smallest, row, slack.shape[0]), axis=0)
+        worst, smallest = _first_minimum(slack)
         return (rows.start + worst).astype(jnp.int32), smallest
 
     def earlier_on_ties(a, b):
@@ -167,6 +164,37 @@ def _most_violated(problem: Problem, point: jax.Array,
         return jnp.where(later, b[0], a[0]), jnp.where(later, b[1], a[1])
 
     return reduce_rows(problem, block, earlier_on_ties)
+
+
+def _first_minimum(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per column of ``values`` [b, G], the first row attaining the column's minimum and that
+    minimum: ([G] int32, [G]).
+
+    Found in segments of L rows (``_segment_rows``): the segments' minima [b / L, G] in one
+    pass over ``values``, the first segment attaining the smallest, and the first row attaining
+    it within that segment. At b = 20,000 and G = 32 that takes about half the 0.3 ms of the
+    two reductions over all rows (the minimum, then the first row equal to it), for which XLA
+    writes out the values and a [b, G] array of row indices."""
+    rows, columns = values.shape
+    length = _segment_rows(rows)
+    segments = values.reshape(rows // length, length, columns)
+    # the barrier keeps XLA from fusing the two minima into a second pass over all values
+    segment_minima = jax.lax.optimization_barrier(jnp.min(segments, axis=1))
+    smallest = jnp.min(segment_minima, axis=0)
+    segment = jnp.argmax(segment_minima == smallest, axis=0)           # the first True
+    within = jnp.take_along_axis(segments, segment[None, None, :], axis=0)[0]
+    row = jnp.argmax(within == smallest, axis=0)
+    return (segment * length + row).astype(jnp.int32), smallest
+
+
+def _segment_rows(rows: int) -> int:
+    """The smallest odd divisor of ``rows`` above 128, or the largest odd one where none is.
+    Odd, so that the segment count keeps every factor 2 of ``rows``: on rows sharded over a
+    power-of-two number of devices (``rows.place_rows`` pads them to a multiple of it) no
+    segment straddles two devices, and XLA's partitioner finds the segments' minima where the
+    rows are, without gathering them."""
+    odd = rows // (rows & -rows)
+    return next((length for length in range(129, odd, 2) if odd % length == 0), odd)
 
 
 def _ridge(dtype) -> float:

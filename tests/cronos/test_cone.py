@@ -207,3 +207,18 @@ def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
     np.testing.assert_allclose(shrink(np.asarray(early.point)), shrink(exact), atol=1e-9)
     assert np.any(np.abs(np.asarray(early.point) - exact) > 1e-3)     # some stopped inexact
     assert int(early.iterations) < int(full.iterations)
+
+
+def test_the_most_violated_row_is_the_first_of_its_ties_whatever_the_row_count():
+    """The scan's minimum is found segment by segment; the row it reports is NumPy's argmin
+    (the first row attaining the minimum) on slacks full of ties and infinite (zero) rows,
+    for row counts with many divisors, a prime one and one below a segment's length."""
+    rng = np.random.default_rng(7)
+    first_minimum = jax.jit(cone._first_minimum)
+    for rows in (20_000, 4_099, 90):
+        values = rng.integers(-3, 3, size=(rows, 5)).astype(np.float32)
+        values[rng.random(values.shape) < 0.2] = np.inf
+        values[:, 4] = np.inf
+        row, smallest = first_minimum(jnp.asarray(values))
+        np.testing.assert_array_equal(row, np.argmin(values, axis=0))
+        np.testing.assert_array_equal(smallest, values.min(axis=0))
