@@ -234,8 +234,8 @@ def _bordering(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: 
         H' = H − e_s e_sᵀ + g gᵀ / σ,   g = e_s − h,
         t'_s = (r_s − bᵀt) / σ,   t' = t − h t'_s on the other slots.
 
-    Returns the rank-one term's g [G, k] and σ [G] (0 and 1 where a group adds nothing) and
-    t' [G, k] (``_rank_one_update`` applies the term)."""
+    Returns the rank-one term's g [G, k] and σ [G], and t' [G, k], meaningful only for the
+    groups that add a row (``_exchanged`` picks them; ``_rank_one_update`` applies the term)."""
     ridge = _ridge(inverse.dtype)
     b = jnp.where(used, products, 0.0)
     h = _solved(inverse, b)
@@ -244,29 +244,29 @@ def _bordering(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: 
     schur = jnp.where(schur > 0, schur, 1.0)
     g = added.astype(inverse.dtype) - h
     new_multiplier = (rhs - jnp.sum(b * target, axis=1)) / schur
-    grown_target = target + g * new_multiplier[:, None]     # t_s = 0 on the free slot
-    adds = jnp.any(added, axis=1)
-    return (jnp.where(adds[:, None], g, 0.0), jnp.where(adds, schur, 1.0),
-            jnp.where(adds[:, None], grown_target, target))
+    return g, schur, target + g * new_multiplier[:, None]      # t_s = 0 on the free slot
 
 
-def _schur_complement(inverse: jax.Array, target: jax.Array,
-                      dropped: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Dropping the slot s marked by ``dropped`` [G, k] (at most one per group) by the Schur
-    complement: with q = H e_s,
+def _schur_complement(inverse: jax.Array, target: jax.Array, dropped: jax.Array
+                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Dropping the first slot s marked by ``dropped`` [G, k] by the Schur complement: with
+    q = H e_s,
 
         H' = H + q qᵀ / (−q_s), then row and column s set to e_s,
         t' = t − q t_s / q_s on the other slots,   t'_s = 0.
 
-    Returns the rank-one term's q [G, k] and −q_s [G] (q = 0 where a group drops nothing) and
-    t' [G, k] (``_rank_one_update`` applies the term)."""
-    first = jnp.argmax(dropped, axis=1)
+    Returns s, one-hot [G, k] (no slot where a group drops nothing), the rank-one term's
+    q [G, k] (0 where a group drops nothing) and −q_s [G], and t' [G, k]
+    (``_rank_one_update`` applies the term)."""
+    index = jnp.argmax(dropped, axis=1)
     drops = jnp.any(dropped, axis=1)[:, None]
-    q = jnp.take_along_axis(inverse, first[:, None, None], axis=2)[..., 0]
-    pivot = jnp.take_along_axis(q, first[:, None], axis=1)
+    first = (jnp.arange(dropped.shape[1])[None] == index[:, None]) & drops
+    q = jnp.take_along_axis(inverse, index[:, None, None], axis=2)[..., 0]
+    pivot = jnp.take_along_axis(q, index[:, None], axis=1)
     q = jnp.where(drops, q, 0.0)
-    dropped_multiplier = jnp.take_along_axis(target, first[:, None], axis=1)
-    return q, -pivot[:, 0], jnp.where(dropped, 0.0, target - q * dropped_multiplier / pivot)
+    dropped_multiplier = jnp.take_along_axis(target, index[:, None], axis=1)
+    return (first, q, -pivot[:, 0],
+            jnp.where(first, 0.0, target - q * dropped_multiplier / pivot))
 
 
 def _rank_one_update(inverse: jax.Array, u: jax.Array, denominator: jax.Array,
@@ -283,12 +283,6 @@ def _rank_one_update(inverse: jax.Array, u: jax.Array, denominator: jax.Array,
     return jnp.where(dropped[:, :, None] | dropped[:, None, :], eye * dropped[:, :, None], updated)
 
 
-def _first(marked: jax.Array) -> jax.Array:
-    """[G, k] bool → the first marked slot of each group, one-hot (none where none is)."""
-    slots = jnp.arange(marked.shape[1])
-    return (slots[None] == jnp.argmax(marked, axis=1)[:, None]) & jnp.any(marked, axis=1)[:, None]
-
-
 def _exchanged(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: jax.Array,
                used: jax.Array, added: jax.Array,
                dropped: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -298,8 +292,7 @@ def _exchanged(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: 
     Lawson–Hanson step either adds a row or steps back. So one ``_rank_one_update`` covers
     every group's addition or first drop, and only further drops take one pass over H each."""
     g, schur, grown_target = _bordering(inverse, target, products, rhs, used, added)
-    first = _first(dropped)
-    q, pivot, shrunk_target = _schur_complement(inverse, target, first)
+    first, q, pivot, shrunk_target = _schur_complement(inverse, target, dropped)
     adds = jnp.any(added, axis=1)
     inverse = _rank_one_update(inverse, jnp.where(adds[:, None], g, q),
                                jnp.where(adds, schur, pivot), added, first)
@@ -308,8 +301,7 @@ def _exchanged(inverse: jax.Array, target: jax.Array, products: jax.Array, rhs: 
 
     def drop_first(carry):
         inverse, target, pending = carry
-        first = _first(pending)
-        q, pivot, target = _schur_complement(inverse, target, first)
+        first, q, pivot, target = _schur_complement(inverse, target, pending)
         return _rank_one_update(inverse, q, pivot, no_slot, first), target, pending & ~first
 
     inverse, target, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[2]), drop_first,

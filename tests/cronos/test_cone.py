@@ -212,7 +212,7 @@ def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
 def test_the_most_violated_row_is_the_first_of_its_ties_whatever_the_row_count():
     """The scan's minimum is found segment by segment; the row it reports is NumPy's argmin
     (the first row attaining the minimum) on slacks full of ties and infinite (zero) rows,
-    for row counts with many divisors, a prime one and one below a segment's length."""
+    for row counts with many divisors, a prime one and one under 128."""
     rng = np.random.default_rng(7)
     first_minimum = jax.jit(cone._first_minimum)
     for rows in (20_000, 4_099, 90):

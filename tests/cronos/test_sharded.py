@@ -48,10 +48,11 @@ def test_sharded_solve_equals_single_device_solve_float64(activation, classes):
 
 def test_sharded_solve_equals_single_device_solve_float32():
     """float32, 200 iterations: the iterates agree to 1e-4 of the largest weight (5e-5 to 7e-5
-    on a Zen 5 EPYC), and so does the penalty; the objective and the loss to 1e-5. Float32 rounding of the reductions, summed in another order (per
-    device, and on one CPU device through the transposed copy of X), is amplified by the
-    u-system's conditioning; the streamed solve and the in-memory one differ as much. (The cone
-    projections on sharded rows are the float64 test's.)"""
+    on a Zen 5 EPYC), and so does the penalty; the objective and the loss to 1e-5. Float32
+    rounding of the reductions, summed in another order (per device, and on one CPU device
+    through the transposed copy of X), is amplified by the u-system's conditioning; the streamed
+    solve and the in-memory one differ as much. (The cone projections on sharded rows are the
+    float64 test's.)"""
     x, y = data(3)
     settings = dataclasses.replace(config("gated_relu", "float32"), max_iters=200)
     single = cronos.solve(x, y, settings, key=jax.random.key(1))
