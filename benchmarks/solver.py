@@ -118,9 +118,12 @@ def product_flops(n: int, dim: int, patterns: int, halves: int, iterations: int,
     (2·n·d·P flops): X z and Xᵀ r once per PCG iteration and once per ADMM iteration whose
     u-step computes PCG's starting residual (every ``admm.IMAGE_REFRESH``-th from a cold start;
     F acts on the difference of the halves, Fᵀ returns ± one product), and for relu one
-    [n, d] × [d, H·P] scan for the most violated constraint per Lawson–Hanson step. The
-    duality-gap checks and the starting residuals recomputed after ρ changed (their numbers
-    vary, see ``admm.with_gap`` and ``admm.early_rho``) are not counted: a lower bound."""
+    [n, d] × [d, H·P] scan for the most violated constraint per Lawson–Hanson step. Not
+    exact either way, by about 2%: a step in which no group looks for a row (each steps back
+    or is done) skips the scan but is counted (57 of the 2,954 steps of the n = 20,000 relu
+    solve), and the duality-gap checks and the starting residuals recomputed after ρ changed
+    (their numbers vary, see ``admm.with_gap`` and ``admm.early_rho``; the gap checks'
+    projections took 17 steps in that solve) are not counted."""
     gemm = 2.0 * n * dim * patterns
     refreshes = -(-iterations // admm.IMAGE_REFRESH)
     return gemm * 2 * (pcg_iterations + refreshes) + gemm * halves * projection_iterations
