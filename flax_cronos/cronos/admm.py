@@ -87,7 +87,7 @@ GAP_FIRST = 10          # ... or from a warm start; the same interval again (at 
 FAR_GAP = 10            # ... or twice it after a gap above FAR_GAP · tol
 PROJECTION_ITERS = 50   # Lawson–Hanson iterations per cone projection, at most (module docstring)
 IMAGE_REFRESH = 10      # every IMAGE_REFRESH-th u-step computes its starting residual (``solve_u``)
-FIRST_ACTIVE = 64       # active-set slots per group at the start; doubled when one fills up
+FIRST_ACTIVE = 256      # active-set slots per group at the start; doubled when one fills up
 MAX_ACTIVE = 512        # ... up to this many (or d, or n)
 RHO_SCALE = 0.5         # ρ = RHO_SCALE √(β / β̄), see default_rho
 RESIDUAL_FRACTION = 0.1  # residual test: both relative residuals ≤ tol · RESIDUAL_FRACTION
@@ -680,10 +680,13 @@ def _grow_active_sets(state: AdmmState, problem: pb.Problem) -> AdmmState:
     O(k²) per group, so slots are not given before they are needed).
 
     Each slot count is another compiled ADMM program (about 3 s on 2 CPU cores), which is why
-    the slots start at ``FIRST_ACTIVE`` = 64 rather than a handful: [G, 64, 64] steps cost
-    next to nothing, and the relu benchmark at d = 256, whose active sets fill within six
-    iterations, compiles 3 programs instead of 6 (n = 400: 28 s → 17 s from a fresh process,
-    the same 1.7 s once compiled; docs/benchmarks.md)."""
+    the slots start at ``FIRST_ACTIVE`` = 256 rather than a handful: the active sets of the
+    relu benchmark at d = 256 fill within a few iterations, so it compiles one program instead
+    of three from 64 slots (n = 400: a first solve from a fresh process took 4.3 s instead of
+    12.2 s; once compiled, solves ran 0.9–1.02× the time), and at d = 768 two instead of four
+    (n = 4000: 37 s instead of 47 s). Larger steps cost more only where the active sets stay
+    small: d = 768 with β at 0.3 β̄, once compiled, 4.9 s instead of 4.5 s
+    (docs/benchmarks.md)."""
     if state.active is None:
         return state
     slots = state.active.used.shape[1]
