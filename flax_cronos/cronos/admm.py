@@ -418,6 +418,7 @@ def early_rho(state: AdmmState) -> AdmmState:
                           rho_growth=state.rho_growth * factor)
 
 
+@jax.jit
 def converged(state: AdmmState, tol) -> jax.Array:
     """Certified (duality gap ≤ tol) or both relative residuals ≤ tol · RESIDUAL_FRACTION, with
     exact projections (v feasible).
@@ -435,7 +436,11 @@ def _small_residuals(state: AdmmState, tol) -> jax.Array:
     return (residuals <= tol * RESIDUAL_FRACTION) & (state.iteration >= 2)
 
 
+@jax.jit
 def finite(state: AdmmState) -> jax.Array:
+    """Whether both residuals are finite (jitted, like ``converged``: the loop between chunks
+    calls both, and each of their operations run alone would be a program compiled for it,
+    about 25 ms each on 2 CPU cores)."""
     return jnp.isfinite(state.primal_residual) & jnp.isfinite(state.dual_residual)
 
 
@@ -707,13 +712,13 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
                                                   _gap_projection_iters(state)))
     if not (bool(finite(state)) and np.isfinite(loss + penalty)):
         status = SolveStatus.NONFINITE
-    elif bool(converged(state._replace(gap=jnp.asarray(gap)), config.tol)):
+    elif bool(converged(state._replace(gap=jnp.asarray(gap, problem.dtype)),
+                        jnp.asarray(config.tol, problem.dtype))):
         status = SolveStatus.CONVERGED
     else:
         status = SolveStatus.MAX_ITERATIONS
-    weights = jnp.moveaxis(state.v / problem.scale, 2, 1)          # [H, P, d, C]
-    relu = config.activation == "relu"
-    params = ConvexParams(gates=gates, v=weights[0], w=weights[1] if relu else None,
+    halves = _original_scale(state.v, problem.scale)
+    params = ConvexParams(gates=gates, v=halves[0], w=halves[1] if len(halves) > 1 else None,
                           intercept=config.intercept)
     stats = Stats(objective=loss + penalty, loss=loss, penalty=penalty,
                   constraint_violation=violation, duality_gap=gap,
@@ -723,6 +728,13 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
                   projection_iterations=int(state.projection_iterations),
                   rho=float(state.rho), seconds=seconds)
     return Solution(params, stats, status)
+
+
+@jax.jit
+def _original_scale(weights: jax.Array, scale: jax.Array) -> tuple[jax.Array, ...]:
+    """The halves [P, d, C] of the normalised program's weights [H, d, P, C] on the original
+    scale (one compiled program, not one per operation)."""
+    return tuple(jnp.moveaxis(weights / scale, 2, 1))
 
 
 def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=None,
