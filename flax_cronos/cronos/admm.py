@@ -438,9 +438,9 @@ def _small_residuals(state: AdmmState, tol) -> jax.Array:
 
 @jax.jit
 def finite(state: AdmmState) -> jax.Array:
-    """Whether both residuals are finite (jitted, like ``converged``: the loop between chunks
-    calls both, and each of their operations run alone would be a program compiled for it,
-    about 25 ms each on 2 CPU cores)."""
+    """Whether both residuals are finite. Jitted, like ``converged``: the loop between chunks
+    calls both, and run eagerly each of their operations would compile a program of its own
+    (about 25 ms each on 2 CPU cores)."""
     return jnp.isfinite(state.primal_residual) & jnp.isfinite(state.dual_residual)
 
 
