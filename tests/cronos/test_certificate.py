@@ -58,6 +58,24 @@ def test_duality_gap_equals_the_gap_from_exact_projections(iterations):
     assert 1e-6 < float(gap) < 1
 
 
+def test_a_gap_from_projections_cut_short_still_bounds_the_exact_one():
+    """Gap checks cap their projections (``admm.GAP_PROJECTION_ITERS``): a projection stopped
+    early has a norm above the exact one, so the dual scale is smaller and the gap larger than
+    the gap of exact projections, never smaller."""
+    x, y = teacher_classes(80, 5, 3, width=4, noise=0.1, seed=3)
+    config = cronos.CronosConfig(patterns=6, beta=0.3, intercept=True, dtype="float64",
+                                 max_iters=3, tol=1e-9)
+    problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
+    state = admm.iterate(problem, precond, admm.init_state(problem, config), config)
+    exact = reference_gap(problem, state.v, state.u)
+    cut_short = [float(certificate.duality_gap(problem, state.v, state.u, state.active, steps)[0])
+                 for steps in (1, 2, 200)]
+    assert cut_short[2] == pytest.approx(exact, rel=1e-8)
+    assert all(gap >= exact * (1 - 1e-12) for gap in cut_short)
+    assert cut_short[0] > exact * (1 + 1e-3)          # the cap did cut the projections short
+    assert all(gap <= 1 for gap in cut_short)
+
+
 def test_the_dual_candidate_from_u_bounds_the_true_gap_much_closer_than_the_residual():
     """At a small β, the candidate Y − Fu (ADMM's u-iterate; certificate.py) still bounds the
     true gap (P(v) − p*) / P(v), and it is several times tighter than the residual Y − Fv."""
