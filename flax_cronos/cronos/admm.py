@@ -534,14 +534,14 @@ def init_state(problem: pb.Problem, config: CronosConfig,
     from the head of the previous CRONOS-AM round, on the features its backbone steps had
     changed, five iterations ended 400× above their start's objective. The scale s keeps
     that step's move to at most β/ρ per group."""
-    n, dim = problem.num_rows, problem.dim
+    dim = problem.dim
     patterns, outputs = problem.num_patterns, problem.num_outputs
     halves = pb.halves(config.activation)
     dtype = problem.dtype
     weights = jnp.zeros((halves, dim, patterns, outputs), dtype)
     rho = initial_rho(problem, config)
     lam = jnp.zeros_like(weights)
-    active, slots = None, min(dim, n, FIRST_ACTIVE)
+    active, slots = None, min(FIRST_ACTIVE, active_set_limit(problem))
     if config.activation == "relu":
         active = cone.empty_active_set(halves * patterns * outputs, slots, dtype)
     if init is not None:

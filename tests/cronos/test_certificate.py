@@ -43,15 +43,21 @@ def reference_gap(problem, v, u):
     return (primal - dual) / primal
 
 
-@pytest.mark.parametrize("iterations", [3, 40])
-def test_duality_gap_equals_the_gap_from_exact_projections(iterations):
-    """The gap's projections stop early for groups known to be below β (they cannot change
-    the dual scaling): the gap is still the one of exact projections."""
+def _iterated(iterations):
+    """A small three-class relu problem (float64, intercept) and its ADMM state after
+    ``iterations`` iterations."""
     x, y = teacher_classes(80, 5, 3, width=4, noise=0.1, seed=3)
     config = cronos.CronosConfig(patterns=6, beta=0.3, intercept=True, dtype="float64",
                                  max_iters=iterations, tol=1e-9)
     problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
-    state = admm.iterate(problem, precond, admm.init_state(problem, config), config)
+    return problem, admm.iterate(problem, precond, admm.init_state(problem, config), config)
+
+
+@pytest.mark.parametrize("iterations", [3, 40])
+def test_duality_gap_equals_the_gap_from_exact_projections(iterations):
+    """The gap's projections stop early for groups known to be below β (they cannot change
+    the dual scaling): the gap is still the one of exact projections."""
+    problem, state = _iterated(iterations)
     gap, _ = certificate.duality_gap(problem, state.v, state.u, state.active, 200)
     assert float(gap) == pytest.approx(reference_gap(problem, state.v, state.u), rel=1e-8,
                                        abs=1e-12)
@@ -62,11 +68,7 @@ def test_a_gap_from_projections_cut_short_still_bounds_the_exact_one():
     """Gap checks cap their projections (``admm.GAP_PROJECTION_ITERS``): a projection stopped
     early has a norm above the exact one, so the dual scale is smaller and the gap larger than
     the gap of exact projections, never smaller."""
-    x, y = teacher_classes(80, 5, 3, width=4, noise=0.1, seed=3)
-    config = cronos.CronosConfig(patterns=6, beta=0.3, intercept=True, dtype="float64",
-                                 max_iters=3, tol=1e-9)
-    problem, precond, _ = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))
-    state = admm.iterate(problem, precond, admm.init_state(problem, config), config)
+    problem, state = _iterated(3)
     exact = reference_gap(problem, state.v, state.u)
     cut_short = [float(certificate.duality_gap(problem, state.v, state.u, state.active, steps)[0])
                  for steps in (1, 2, 200)]
