@@ -39,14 +39,17 @@ jax.config.update("jax_enable_x64", True)
 
 from flax_cronos import cronos                                        # noqa: E402
 from flax_cronos.cronos import admm, certificate, problem as pb       # noqa: E402
+from flax_cronos.cronos.precision import full_precision               # noqa: E402
 from flax_cronos.data.synthetic import teacher_classes                # noqa: E402
 from timing import compile_seconds                                    # noqa: E402
 
 GAP_TARGET = 1e-3
 
 
+@full_precision
 def matmul_rate(size: int = 4096, repeats: int = 5) -> float:
-    """Median float32 GFLOP/s of a square matmul on the default device."""
+    """Median float32 GFLOP/s of a square matmul on the default device, at the solver's
+    precision (true float32, not a GPU's default TensorFloat-32)."""
     a = jnp.ones((size, size), jnp.float32)
     product = jax.jit(lambda m: m @ m)
     product(a).block_until_ready()
@@ -129,6 +132,7 @@ def product_flops(n: int, dim: int, patterns: int, halves: int, iterations: int,
     return gemm * 2 * (pcg_iterations + refreshes) + gemm * halves * projection_iterations
 
 
+@full_precision
 def iteration_throughput(n: int, dim: int, patterns: int, fraction: float, preconditioner: str,
                          iterations: int = 100) -> dict:
     """Times ``iterations`` ADMM iterations (``admm.iterate`` alone: no set-up, no final

@@ -77,6 +77,7 @@ from jax.sharding import Mesh
 from flax_cronos.cronos import anderson, certificate, cone, kronecker, nystrom, problem as pb
 from flax_cronos.cronos.network import ConvexParams, with_intercept
 from flax_cronos.cronos.pcg import pcg
+from flax_cronos.cronos.precision import full_precision
 from flax_cronos.cronos.rows import (RowStream, auto_mesh, gather_processes, holds_process_rows,
                                      mesh_of, place_process_rows, place_rows, reduce_rows)
 
@@ -745,6 +746,7 @@ def _original_scale(weights: jax.Array, scale: jax.Array) -> tuple[jax.Array, ..
     return tuple(jnp.moveaxis(weights / scale, 2, 1))
 
 
+@full_precision
 def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=None,
           init: Optional[ConvexParams] = None,
           callback: Optional[Callable[[AdmmState], None]] = None,
@@ -773,6 +775,9 @@ def solve(x, y, config: CronosConfig = CronosConfig(), *, key: jax.Array, gates=
         block_rows: stream X from host memory in blocks of at most this many rows (evened out
             over the blocks): device memory holds a few blocks and [d, P]-sized arrays, never X.
             Same result, up to rounding.
+
+    Every product runs in true float32 (or float64), whatever the caller's default matmul
+    precision (TensorFloat-32 on recent GPUs; see ``precision.py``).
 
     Returns:
         ``Solution(params, stats, status)``; params hold the group-sparse iterate v.

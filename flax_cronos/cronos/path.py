@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from flax_cronos.cronos import admm, certificate, problem as pb
 from flax_cronos.cronos.network import score
+from flax_cronos.cronos.precision import full_precision
 
 SCREEN_TOL = 1e-2   # default tolerance of the path points (see the module docstring)
 
@@ -109,6 +110,7 @@ def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
                           gap_every=jnp.full_like(state.gap_every, admm.GAP_FIRST))
 
 
+@full_precision
 def solve_path(x, y, config: admm.CronosConfig = admm.CronosConfig(), betas=None, *,
                key: jax.Array, x_val=None, y_val=None, gates=None, holdout: float = 0.2,
                holdout_seed: int = 0, num: int = 16, ratio: float = 1e-4,

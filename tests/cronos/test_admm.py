@@ -110,6 +110,29 @@ def test_fixed_seed_gives_identical_results():
 
 
 @pytest.mark.parametrize("activation", ["relu", "gated_relu"])
+def test_a_callers_reduced_matmul_precision_does_not_reach_the_solver(activation):
+    """JAX's default float32 product on recent NVIDIA GPUs is TensorFloat-32, too coarse for
+    the certificate. XLA's CPU refuses that precision, so here any product of a solve, a warm
+    start or a β path that escaped the solver's full precision raises; and the solution is the
+    one computed without the caller's setting, to the last bit."""
+    x, y = data(3, seed=4)
+    x = x.astype(np.float32)
+    config = cronos.CronosConfig(patterns=PATTERNS, beta=0.5, activation=activation)
+    key = jax.random.key(0)
+    want = cronos.solve(x, y, config, key=key)
+    with jax.default_matmul_precision("TF32_TF32_F32"):
+        with pytest.raises(ValueError, match="precision"):
+            jax.jit(jnp.dot)(x, x.T)
+        got = cronos.solve(x, y, config, key=key)
+        warm = cronos.solve(x, y, dataclasses.replace(config, beta=0.4), key=key, init=got.params)
+        path = cronos.solve_path(x, y, config, key=key, num=3)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        np.testing.assert_array_equal(a, b)
+    assert got.stats.objective == want.stats.objective
+    assert warm.status == path.best.status == cronos.SolveStatus.CONVERGED
+
+
+@pytest.mark.parametrize("activation", ["relu", "gated_relu"])
 def test_float32_on_rank_deficient_features_stays_finite(activation):
     x, y = data(2, seed=9)
     x = np.concatenate([x, x[:, :2], np.ones((N, 2))], axis=1).astype(np.float32)
