@@ -114,7 +114,8 @@ def check_features(x, name: str = "x"):
         raise ValueError(f"{name} must be a 2-D array [n, d]; got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {x.shape}; need at least one row and column")
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+    # jnp.issubdtype also knows ml_dtypes' bfloat16, a backbone's usual output on accelerators
+    if not jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.complexfloating):
         raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
     if isinstance(x, jax.Array):
         bad = int(jnp.sum(~jnp.isfinite(x)))

@@ -81,7 +81,21 @@ Y_OK = np.arange(20) % 2
     (X_OK, Y_OK, {"beta": -1.0}, None, "beta must be"),
     (X_OK, Y_OK, {"patterns": 4}, np.ones((3, 5)), "gates must have shape"),
     (X_OK, Y_OK + 0.5, {}, None, "y must hold integer class labels"),
+    (X_OK * 1j, Y_OK, {}, None, "x must hold real numbers"),
 ])
 def test_bad_input_names_the_argument(x, y, config, gates, names):
     with pytest.raises(ValueError, match=names):
         cronos.solve(x, y, cronos.CronosConfig(**config), key=jax.random.key(0), gates=gates)
+
+
+@pytest.mark.parametrize("as_array", [jnp.asarray, np.asarray], ids=["device", "host"])
+def test_bfloat16_features_are_solved_as_their_float32_values(as_array):
+    """A backbone on an accelerator usually yields bfloat16 features (an ml_dtypes type
+    that NumPy does not count as a number)."""
+    x = as_array(X_OK.astype(jnp.bfloat16))
+    config = cronos.CronosConfig(patterns=4, beta=0.1, activation="gated_relu")
+    got = cronos.solve(x, Y_OK, config, key=jax.random.key(0))
+    want = cronos.solve(np.asarray(x, np.float32), Y_OK, config, key=jax.random.key(0))
+    assert got.status == cronos.SolveStatus.CONVERGED
+    assert got.stats.objective == want.stats.objective
+    np.testing.assert_array_equal(got.params.v, want.params.v)
