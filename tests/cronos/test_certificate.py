@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flax_cronos import cronos
-from flax_cronos.cronos import admm, certificate, path
+from flax_cronos.cronos import admm, certificate, cone, path, problem as pb
 from flax_cronos.data.synthetic import teacher_classes
 from tests.reference import reference_projection
 
@@ -123,3 +123,22 @@ def test_gap_checks_come_at_doubling_intervals():
     near = admm.with_gap(problem, far, tol=gap)
     assert int(near.gap_every) == admm.GAP_EVERY
     assert int(admm.with_gap(problem, state, tol=gap).gap_every) == admm.GAP_FIRST
+
+
+def test_beta_max_is_the_largest_exact_projection_of_the_target_correlations():
+    """β̄ = max_g ‖Π_{K_g}(A_gᵀY)‖ with every projection by NNLS, on an instance whose
+    slowest projection needs more than one of ``beta_max``'s rounds."""
+    x, y = teacher_classes(400, 30, 3, width=6, noise=0.3, seed=0)
+    config = cronos.CronosConfig(patterns=6, activation="relu", dtype="float64")
+    problem = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))[0]
+    correlations = pb.targets_correlation(problem, 2)
+    slots = problem.dim
+    cold = cone.project_groups(problem, cone.groups(correlations), correlations.shape,
+                               cone.empty_active_set(36, slots, problem.dtype),
+                               cone.cold_start_iterations(slots))
+    assert int(cold.iterations) > certificate.BETA_MAX_ROUND
+    x, masks, targets = (np.asarray(a) for a in (problem.x, problem.masks, problem.targets))
+    exact = max(np.linalg.norm(reference_projection((2 * masks[:, [p]] - 1) * x,
+                                                    (1 - 2 * h) * (masks[:, [p]] * x).T @ targets[:, c]))
+                for h in range(2) for p in range(6) for c in range(3))
+    assert float(certificate.beta_max(problem, "relu")) == pytest.approx(exact, rel=1e-10)
