@@ -132,9 +132,9 @@ def test_beta_max_is_the_largest_exact_projection_of_the_target_correlations():
     config = cronos.CronosConfig(patterns=6, activation="relu", dtype="float64")
     problem = admm.prepare(x.astype(np.float64), y, config, key=jax.random.key(0))[0]
     correlations = pb.targets_correlation(problem, 2)
-    slots = problem.dim
-    cold = cone.project_groups(problem, cone.groups(correlations), correlations.shape,
-                               cone.empty_active_set(36, slots, problem.dtype),
+    points, slots = cone.groups(correlations), min(problem.dim, problem.num_rows)
+    cold = cone.project_groups(problem, points, correlations.shape,
+                               cone.empty_active_set(len(points), slots, problem.dtype),
                                cone.cold_start_iterations(slots))
     assert int(cold.iterations) > certificate.BETA_MAX_ROUND
     x, masks, targets = (np.asarray(a) for a in (problem.x, problem.masks, problem.targets))
