@@ -50,8 +50,7 @@ def objective_terms(problem: pb.Problem, weights: jax.Array) -> tuple[jax.Array,
     return loss, penalty, violation
 
 
-def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters: int,
-                below=None):
+def _dual_norms(problem: pb.Problem, correlations: jax.Array, active, max_iters: int, below):
     """Upper bounds of max_g ‖Π_{K_g}(A_gᵀθ)‖ per output [C] from the correlations Fᵀθ
     [H, d, P, C], and the projections' active sets.
 

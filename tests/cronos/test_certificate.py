@@ -12,12 +12,20 @@ from flax_cronos.data.synthetic import teacher_classes
 from tests.reference import reference_projection
 
 
+def largest_projection(problem, theta):
+    """max_g ‖Π_{K_g}(A_gᵀθ)‖ over the relu groups g = (half, pattern) of one output's θ [n],
+    every projection by NNLS."""
+    x, masks = np.asarray(problem.x), np.asarray(problem.masks)
+    return max(np.linalg.norm(reference_projection((2 * masks[:, [p]] - 1) * x,
+                                                   (1 - 2 * h) * (masks[:, [p]] * x).T @ theta))
+               for h in range(2) for p in range(masks.shape[1]))
+
+
 def reference_gap(problem, v, u):
     """(P(v) − D(sθ₀)) / P(v) with θ₀ = Y − Fu and s_c = ⟨θ₀_c, Y_c⟩ / ‖θ₀_c‖² capped at
     min(1, β / max_g ‖Π_{K_g}(A_gᵀθ₀_c)‖), every projection by NNLS (module docstring of
     certificate.py)."""
     x, targets, masks = (np.asarray(a) for a in (problem.x, problem.targets, problem.masks))
-    signs = 2.0 * masks - 1.0
     v, u = np.asarray(v), np.asarray(u)
     halves, _, patterns, classes = v.shape
     masked = [masks[:, [p]] * x for p in range(patterns)]                  # D_p X
@@ -31,14 +39,8 @@ def reference_gap(problem, v, u):
     primal = 0.5 * np.sum((targets - fitted(v))**2) + beta * np.sum(np.linalg.norm(v, axis=1))
     dual = 0.0
     for c in range(classes):
-        worst = 0.0
-        for h in range(halves):
-            for p in range(patterns):
-                correlation = (1 - 2 * h) * masked[p].T @ theta[:, c]
-                worst = max(worst, np.linalg.norm(
-                    reference_projection(signs[:, [p]] * x, correlation)))
         best = theta[:, c] @ targets[:, c] / (theta[:, c] @ theta[:, c])
-        scale = np.clip(best, 0.0, min(1.0, beta / worst))
+        scale = np.clip(best, 0.0, min(1.0, beta / largest_projection(problem, theta[:, c])))
         dual += scale * theta[:, c] @ targets[:, c] - 0.5 * scale**2 * theta[:, c] @ theta[:, c]
     return (primal - dual) / primal
 
@@ -137,8 +139,6 @@ def test_beta_max_is_the_largest_exact_projection_of_the_target_correlations():
                                cone.empty_active_set(len(points), slots, problem.dtype),
                                cone.cold_start_iterations(slots))
     assert int(cold.iterations) > certificate.BETA_MAX_ROUND
-    x, masks, targets = (np.asarray(a) for a in (problem.x, problem.masks, problem.targets))
-    exact = max(np.linalg.norm(reference_projection((2 * masks[:, [p]] - 1) * x,
-                                                    (1 - 2 * h) * (masks[:, [p]] * x).T @ targets[:, c]))
-                for h in range(2) for p in range(6) for c in range(3))
+    targets = np.asarray(problem.targets)
+    exact = max(largest_projection(problem, targets[:, c]) for c in range(targets.shape[1]))
     assert float(certificate.beta_max(problem, "relu")) == pytest.approx(exact, rel=1e-10)
