@@ -106,6 +106,7 @@ def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
                           rho_growth=jnp.ones_like(rho), iteration=zero,
                           pcg_iterations=zero, projection_iterations=zero,
                           primal_residual=unknown, dual_residual=unknown, gap=unknown,
+                          small_residual_run=zero,
                           gap_at=jnp.full_like(state.gap_at, -1),
                           gap_every=jnp.full_like(state.gap_every, admm.GAP_FIRST))
 

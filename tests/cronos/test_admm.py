@@ -143,24 +143,41 @@ def test_float32_on_rank_deficient_features_stays_finite(activation):
     assert np.isfinite(solution.stats.objective)
 
 
-def test_residual_test_waits_for_the_second_iteration_after_a_warm_start():
-    """A warm start's first u-step is an exact fixed point (λ = Fᵀ(Y − Fv)/ρ), so PCG does
-    nothing and at a slightly smaller β the residuals look converged after one iteration: the
-    solve must not stop there on them."""
+def test_residual_test_needs_a_run_of_small_residuals_after_a_warm_start():
+    """A warm start from the solution at a larger β begins at a fixed point (λ = Fᵀ(Y − Fv)/ρ):
+    its first residuals are near zero and grow as the iterate starts to move towards the new
+    optimum. On 10-class features, β-path points that stopped at such small residuals ended up
+    to 7% above their optimum at tol 1e-2 (docs/benchmarks.md). Small residuals stop a solve
+    only after ``RESIDUAL_RUN`` iterations in a row, and the solve ends within tol of CVXPY's
+    optimum."""
     from flax_cronos.cronos import admm
 
     x, y = data(2, seed=10)
     config = cronos.CronosConfig(patterns=PATTERNS, beta=1.0, intercept=True, dtype="float64",
-                                 tol=1e-9, max_iters=20_000)
+                                 activation="gated_relu", tol=1e-9, max_iters=20_000)
     start = cronos.solve(x, y, config, key=jax.random.key(0))
-    nearby = dataclasses.replace(config, beta=0.9999, tol=1e-3)
-    problem, precond, _ = admm.prepare(x, y, nearby, key=jax.random.key(0))
-    state = admm.init_state(problem, nearby, start.params)
-    once = admm.run_admm(problem, precond, state, 0.0, 1, admm.settings_of(nearby))
-    assert int(once.pcg_iterations) == 0
-    assert max(float(once.primal_residual), float(once.dual_residual)) <= nearby.tol / 10
-    assert not bool(admm.converged(once, nearby.tol))
-    assert bool(admm.converged(once._replace(iteration=once.iteration + 1), nearby.tol))
+    smaller = dataclasses.replace(config, beta=0.99, tol=1e-3)
+    problem, precond, gates = admm.prepare(x, y, smaller, key=jax.random.key(0))
+    state = admm.init_state(problem, smaller, start.params)
+    unknown_gap = admm.unknown_residual(problem.dtype)
+    runs, worst = [], []
+    for iteration in range(1, 16):
+        state = admm.run_admm(problem, precond, state, smaller.tol, iteration,
+                              admm.settings_of(smaller))
+        residual = max(float(state.primal_residual), float(state.dual_residual))
+        worst.append(residual)
+        runs.append(int(state.small_residual_run))
+        by_residuals = bool(admm.converged(state._replace(gap=unknown_gap), smaller.tol))
+        assert by_residuals == (runs[-1] >= admm.RESIDUAL_RUN)
+        if by_residuals:
+            break
+    assert worst[0] <= smaller.tol / 10 < worst[1]          # near zero, then growing
+    assert runs[-1] == admm.RESIDUAL_RUN and int(state.iteration) > admm.RESIDUAL_RUN
+
+    solution = cronos.solve(x, y, smaller, key=jax.random.key(0), init=start.params)
+    expected = reference_objective(x, y, np.asarray(gates, np.float64), 0.99, "gated_relu")
+    assert solution.status == cronos.SolveStatus.CONVERGED
+    assert solution.stats.objective == pytest.approx(expected, rel=smaller.tol)
 
 
 def test_throw_raises_when_not_converged():
