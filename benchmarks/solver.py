@@ -115,21 +115,20 @@ def run_cronos(x, labels, gates, beta, patterns, dtype, tol, max_iters, precondi
     return solution, solution.stats.seconds - excluded(time.time()), trajectory
 
 
-def product_flops(n: int, dim: int, patterns: int, halves: int, iterations: int,
-                  pcg_iterations: int, projection_iterations: int) -> float:
-    """Floating-point operations of a solve's products with X, each a [n, d] × [d, P] product
-    (2·n·d·P flops): X z and Xᵀ r once per PCG iteration and once per ADMM iteration whose
+def product_flops(n: int, dim: int, patterns: int, iterations: int, pcg_iterations: int,
+                  scanned_groups: int) -> float:
+    """Floating-point operations of a solve's products with X (2 flops per multiply-add): X z
+    and Xᵀ r, each [n, d] × [d, P], once per PCG iteration and once per ADMM iteration whose
     u-step computes PCG's starting residual (every ``admm.IMAGE_REFRESH``-th from a cold start;
-    F acts on the difference of the halves, Fᵀ returns ± one product), and for relu one
-    [n, d] × [d, H·P] scan for the most violated constraint per Lawson–Hanson step. Not
-    exact either way, by about 2%: a step in which no group looks for a row (each steps back
-    or is done) skips the scan but is counted (57 of the 2,954 steps of the n = 20,000 relu
-    solve), and the duality-gap checks and the starting residuals recomputed after ρ changed
-    (their numbers vary, see ``admm.with_gap`` and ``admm.early_rho``; the gap checks'
-    projections took 17 steps in that solve) are not counted."""
+    F acts on the difference of the halves, Fᵀ returns ± one product), and for relu the
+    Lawson–Hanson steps' scans for the most violated constraint, [n, d] × [d, G] for a batch of G
+    groups (``Stats.scanned_groups`` sums the G). Not counted: the products of the duality-gap
+    checks' projections and the starting residuals recomputed after ρ changed (their numbers
+    vary, see ``admm.with_gap`` and ``admm.early_rho``; the gap checks' projections took 17
+    steps in the n = 20,000 relu solve of 2,601)."""
     gemm = 2.0 * n * dim * patterns
     refreshes = -(-iterations // admm.IMAGE_REFRESH)
-    return gemm * 2 * (pcg_iterations + refreshes) + gemm * halves * projection_iterations
+    return gemm * 2 * (pcg_iterations + refreshes) + 2.0 * n * dim * scanned_groups
 
 
 @full_precision
@@ -149,7 +148,7 @@ def iteration_throughput(n: int, dim: int, patterns: int, fraction: float, preco
     state = jax.block_until_ready(admm.iterate(problem, precond, start_state, config))
     seconds = time.perf_counter() - start
     iterations, pcg_iterations = int(state.iteration), int(state.pcg_iterations)
-    flops = product_flops(n, dim, patterns, 1, iterations, pcg_iterations, 0)
+    flops = product_flops(n, dim, patterns, iterations, pcg_iterations, 0)
     return {"n": n, "iterations": iterations, "pcg_iterations": pcg_iterations,
             "seconds": seconds, "gflops": flops / seconds / 1e9}
 
@@ -244,15 +243,16 @@ def main() -> None:
             optimum, row["reference"] = stats.objective, "its own final objective"
             row["reference_certified_gap"] = stats.duality_gap
         row["optimum"] = optimum
-        halves = 2
-        flops = product_flops(n, args.dim, args.patterns, halves, stats.iterations,
-                              stats.pcg_iterations, stats.projection_iterations)
+        flops = product_flops(n, args.dim, args.patterns, stats.iterations,
+                              stats.pcg_iterations, stats.scanned_groups)
         row["cronos"] = {
             "seconds": seconds, "to_target": first_time_within(trajectory, optimum),
             "final_gap": (stats.objective - optimum) / optimum,
             "violation": stats.constraint_violation, "iterations": stats.iterations,
             "status": solution.status.name, "gflops": flops / seconds / 1e9,
-            "matmul_fraction": flops / seconds / 1e9 / rate, "halves": halves}
+            "matmul_fraction": flops / seconds / 1e9 / rate,
+            "lawson_hanson_steps": stats.projection_iterations,
+            "scanned_groups": stats.scanned_groups}
         if args.scnn_python:
             result = run_scnn(args.scnn_python, x, labels, gates, beta, args.scnn_max_iters,
                               args.scnn_budget)

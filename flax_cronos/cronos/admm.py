@@ -184,7 +184,9 @@ class SolveStatus(enum.IntEnum):
 
 class Stats(NamedTuple):
     """Diagnostics of a solve (Python scalars). Objective = loss + penalty, as in DESIGN.md;
-    duality_gap is (objective − dual bound) / objective, a certificate of optimality."""
+    duality_gap is (objective − dual bound) / objective, a certificate of optimality;
+    projection_iterations counts the prox's Lawson–Hanson steps (relu), and scanned_groups
+    their scans of X for violated constraints, in groups (``cone.Projection.scanned``)."""
 
     objective: float
     loss: float
@@ -196,6 +198,7 @@ class Stats(NamedTuple):
     iterations: int
     pcg_iterations: int
     projection_iterations: int
+    scanned_groups: int
     rho: float
     seconds: float
 
@@ -233,6 +236,7 @@ class AdmmState(NamedTuple):
     iteration: jax.Array
     pcg_iterations: jax.Array
     projection_iterations: jax.Array
+    scanned_groups: jax.Array
     primal_residual: jax.Array
     dual_residual: jax.Array
     gap: jax.Array
@@ -342,22 +346,23 @@ def prox(problem: pb.Problem, z: jax.Array, threshold: jax.Array,
     """prox of threshold·‖·‖_{2,1} + I_K: shrinks the cone projection of every group (each
     projection runs at most ``max_iters`` Lawson–Hanson steps).
 
-    Returns (v [H, d, P, C], updated active sets, projection iterations, whether every
-    projection completed).
+    Returns (v [H, d, P, C], updated active sets, projection iterations, their scans in groups
+    (``cone.Projection.scanned``), whether every projection completed).
     """
     rows = cone.groups(z)
-    iterations, complete = jnp.asarray(0), jnp.asarray(True)
+    iterations, scanned, complete = jnp.asarray(0), jnp.asarray(0), jnp.asarray(True)
     if active is not None:
         projection = cone.project_groups(problem, rows, z.shape, active, max_iters,
                                          zero_below=threshold)
         rows, active, iterations = projection.point, projection.active, projection.iterations
+        scanned = projection.scanned
         at_limit = active.used.shape[1] >= active_set_limit(problem)
         # a group out of room at the slot limit is accepted (no more room to give); one stopped
         # by the step cap is not complete
         complete = jnp.all(projection.complete | (projection.out_of_room & at_limit))
     norms = jnp.sqrt(jnp.sum(rows**2, axis=1, keepdims=True))
     shrunk = rows * (1.0 - threshold / jnp.maximum(norms, threshold))
-    return cone.ungroup(shrunk, z.shape), active, iterations, complete
+    return cone.ungroup(shrunk, z.shape), active, iterations, scanned, complete
 
 
 # ----------------------------------------------------------------------------- one ADMM step
@@ -392,8 +397,8 @@ def admm_step(problem: pb.Problem, precond: Preconditioner, ft_y: jax.Array, sta
     if memory is not None:
         point, memory = anderson.accelerate(memory, state.v + state.lam, point, rho,
                                             fresh=(state.iteration == 0) | ~state.projections_complete)
-    v, active, projection_iters, complete = prox(problem, point, problem.beta / rho,
-                                                 state.active, settings.projection_iters)
+    v, active, projection_iters, scanned, complete = prox(problem, point, problem.beta / rho,
+                                                          state.active, settings.projection_iters)
     lam = point - v
 
     tiny = jnp.finfo(u.dtype).tiny
@@ -402,6 +407,7 @@ def admm_step(problem: pb.Problem, precond: Preconditioner, ft_y: jax.Array, sta
     state = state._replace(u=u, v=v, lam=lam, active=active, iteration=state.iteration + 1,
                            pcg_iterations=state.pcg_iterations + pcg_iters,
                            projection_iterations=state.projection_iterations + projection_iters,
+                           scanned_groups=state.scanned_groups + scanned,
                            primal_residual=primal, dual_residual=dual,
                            projections_complete=complete, u_image=u_image, image_rho=rho,
                            memory=memory)
@@ -531,6 +537,14 @@ def unknown_residual(dtype) -> jax.Array:
     return jnp.asarray(jnp.finfo(dtype).max, dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("max_iters",))
+def _warm_start_dual(problem: pb.Problem, weights: jax.Array, active, max_iters: int) -> jax.Array:
+    """ρλ of a warm start at ``weights`` (``init_state``): s Fᵀ(Y − F weights). Compiled, as
+    its projections' loops would otherwise compile anew at every call."""
+    correlations = pb.residual_terms(problem, weights)[0]
+    return certificate.feasible_scale(problem, correlations, active, max_iters)[0] * correlations
+
+
 def init_state(problem: pb.Problem, config: CronosConfig,
                init: Optional[ConvexParams] = None) -> AdmmState:
     """Iterates u = v = ``init`` (zero by default), ρ from the config or ``default_rho``,
@@ -556,16 +570,13 @@ def init_state(problem: pb.Problem, config: CronosConfig,
         active = cone.empty_active_set(halves * patterns * outputs, slots, dtype)
     if init is not None:
         weights = _normalised_weights(problem, init, weights.shape)
-        correlations = pb.residual_terms(problem, weights)[0]
-        scale, _ = certificate.feasible_scale(problem, correlations, active,
-                                              cone.cold_start_iterations(slots))
-        lam = scale * correlations / rho
+        lam = _warm_start_dual(problem, weights, active, cone.cold_start_iterations(slots)) / rho
     unknown = unknown_residual(dtype)
     return AdmmState(u=weights, v=weights, lam=lam, active=active, gap_needs_room=jnp.asarray(False),
                      gap=unknown, gap_at=jnp.asarray(-1), gap_every=jnp.asarray(GAP_EVERY), rho=rho,
                      rho_growth=jnp.ones_like(rho),
                      iteration=jnp.asarray(0), pcg_iterations=jnp.asarray(0),
-                     projection_iterations=jnp.asarray(0),
+                     projection_iterations=jnp.asarray(0), scanned_groups=jnp.asarray(0),
                      primal_residual=unknown, dual_residual=unknown,
                      projections_complete=jnp.asarray(True),
                      u_image=jnp.zeros_like(weights[0]), image_rho=jnp.zeros_like(rho),
@@ -745,6 +756,7 @@ def finish(problem: pb.Problem, state: AdmmState, gates: jax.Array, config: Cron
                   dual_residual=float(state.dual_residual),
                   iterations=int(state.iteration), pcg_iterations=int(state.pcg_iterations),
                   projection_iterations=int(state.projection_iterations),
+                  scanned_groups=int(state.scanned_groups),
                   rho=float(state.rho), seconds=seconds)
     return Solution(params, stats, status)
 

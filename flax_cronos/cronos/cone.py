@@ -21,6 +21,10 @@ Consecutive ADMM iterations project nearby points, so W and H are kept and reuse
 most projections then end after a few iterations, and H is re-factorised only when rounding has
 made its multipliers inaccurate.
 
+Groups finish at different steps, and a step costs the same for a finished group as for a live
+one (each pass covers every group's H and A_W). So once at most 1/``COMPACTION`` of the groups
+are unfinished, they are gathered into a batch that size and go on alone, and so on down.
+
 The rows of X are reached only through ``rows.reduce_rows`` (the most violated constraint: a
 running argmin over row blocks) and ``rows.gather_rows`` (the active constraints' rows), so the
 projections also run on rows sharded over devices or streamed from host memory. Zero rows
@@ -38,6 +42,7 @@ import numpy as np
 from flax_cronos.cronos.problem import Problem, cone_signs
 from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
+COMPACTION = 8      # once at most 1/COMPACTION of the groups are unfinished, only they go on
 REFINEMENTS = 4     # refinements of the multipliers after the first, before H is re-factorised
 
 
@@ -86,6 +91,8 @@ class Projection(NamedTuple):
     out_of_room: [G] bool, True where the slot count was reached (a violated constraint found
         no free slot).
     refactorisations: how often rounding made H inaccurate enough to re-factorise it.
+    scanned: the scans of X for violated constraints, counted in groups (a step's scan of a
+        batch of G groups is one [n, d] × [d, G] product and counts G).
     """
 
     point: jax.Array
@@ -94,6 +101,7 @@ class Projection(NamedTuple):
     complete: jax.Array
     out_of_room: jax.Array
     refactorisations: jax.Array
+    scanned: jax.Array
 
 
 class _Loop(NamedTuple):
@@ -104,7 +112,8 @@ class _Loop(NamedTuple):
     [G, k], the least-squares multipliers on the active sets, kept up to date as rows enter
     and leave (``target`` [G, k]), and per group whether it is done or out of room;
     ``stale``: the last step found H inaccurate and changed nothing; ``trusted``: H was just
-    re-factorised, so the next step takes it without checking.
+    re-factorised, so the next step takes it without checking; ``scanned``: see ``Projection``.
+    Every field but the scalars has a leading group axis.
 
     A step writes the row it adds at the start of the next step, before anything reads A_W:
     XLA then updates A_W in place. Written at the end of the step that found it, after that
@@ -125,6 +134,7 @@ class _Loop(NamedTuple):
     stale: jax.Array
     trusted: jax.Array
     refactorisations: jax.Array
+    scanned: jax.Array
 
 
 def _over_groups(per_pattern: jax.Array, groups: int, outputs: int) -> jax.Array:
@@ -135,26 +145,38 @@ def _over_groups(per_pattern: jax.Array, groups: int, outputs: int) -> jax.Array
     return jnp.broadcast_to(per_pattern[..., None, :, None], layout).reshape(*lead, groups)
 
 
-def _constraint_rows(problem: Problem, index: jax.Array, outputs: int) -> jax.Array:
-    """Rows e_{j,p(g)} x_j of the constraints j = ``index`` [G, ...] of each group g: [G, ..., d]."""
+def _per_group(per_pattern: jax.Array, groups: int, outputs: int, patterns) -> jax.Array:
+    """[..., P] → [..., G]: each group's entry for its pattern, the pattern read from
+    ``patterns`` [G] (a batch of gathered groups) or, where that is None, from the groups'
+    layout (``_over_groups``)."""
+    if patterns is None:
+        return _over_groups(per_pattern, groups, outputs)
+    return jnp.take(per_pattern, patterns, axis=-1)
+
+
+def _constraint_rows(problem: Problem, index: jax.Array, outputs: int,
+                     patterns=None) -> jax.Array:
+    """Rows e_{j,p(g)} x_j of the constraints j = ``index`` [G, ...] of each group g, its
+    pattern p(g) as ``_per_group`` reads it: [G, ..., d]."""
     x, masks = gather_rows(problem, index)                              # [G, ..., d], [G, ..., P]
-    groups_pattern = _over_groups(jnp.arange(problem.num_patterns), len(index), outputs)
+    groups_pattern = _per_group(jnp.arange(problem.num_patterns), len(index), outputs, patterns)
     pattern = groups_pattern.reshape(groups_pattern.shape + (1,) * index.ndim)
     return x * (2.0 * jnp.take_along_axis(masks, pattern, axis=-1) - 1.0)
 
 
-def _most_violated(problem: Problem, point: jax.Array,
-                   outputs: int) -> tuple[jax.Array, jax.Array]:
+def _most_violated(problem: Problem, point: jax.Array, outputs: int,
+                   patterns=None) -> tuple[jax.Array, jax.Array]:
     """Per group, the constraint with the smallest slack e_j x_j·v_g / ‖x_j‖ (the first one on
-    ties) and that slack: ([G] int32, [G]); v = ``point`` [G, d], groups in ``groups`` order."""
+    ties) and that slack: ([G] int32, [G]); v = ``point`` [G, d], the groups' patterns as
+    ``_per_group`` reads them."""
     tiny = jnp.finfo(point.dtype).tiny
 
     def block(rows):
         norms = rows.row_norms()[:, None]
-        # each group's column e_{j,p(g)} / ‖x_j‖ [b, G], a broadcast over the groups' layout:
-        # it fuses into the slacks, where a product or gather would not
-        weights = _over_groups(cone_signs(rows) * (1.0 / jnp.maximum(norms, tiny)), len(point),
-                               outputs)
+        # each group's column e_{j,p(g)} / ‖x_j‖ [b, G]; for all groups a broadcast over their
+        # layout, which fuses into the slacks where a product or gather would not
+        weights = _per_group(cone_signs(rows) * (1.0 / jnp.maximum(norms, tiny)), len(point),
+                             outputs, patterns)
         slack = jnp.where(norms > 0, (rows.x @ point.T) * weights, jnp.inf)
         worst, smallest = _first_minimum(slack)
         return (rows.start + worst).astype(jnp.int32), smallest
@@ -408,10 +430,62 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
     (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as accurate as it
     gets)."""
     groups, slots = active.used.shape
-    z_norm = jnp.linalg.norm(z, axis=1)
+    rows = _constraint_rows(problem, active.rows, outputs)
+    rhs = jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
+    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
+                 entering_slot=jnp.full(groups, slots, jnp.int32), entering_row=jnp.zeros_like(z),
+                 squared_norms=jnp.sum(rows**2, axis=2), rhs=rhs,
+                 mu=jnp.zeros((groups, slots), z.dtype),
+                 target=_solved(active.inverse, rhs),
+                 done=_shrunk_to_zero(jnp.linalg.norm(z, axis=1), zero_below),
+                 out_of_room=jnp.zeros(groups, bool),
+                 stale=jnp.asarray(False), trusted=jnp.asarray(False),
+                 refactorisations=jnp.asarray(0), scanned=jnp.asarray(0))
+    loop = _compacting(problem, z, None, outputs, tol, max_iters, zero_below, loop)
+    # the last entering row has μ = 0: the point does not need it written
+    point = z + jnp.einsum("gk,gkd->gd", loop.mu, loop.rows)
+    return Projection(point, loop.active, loop.iteration, loop.done & ~loop.out_of_room,
+                      loop.out_of_room, loop.refactorisations, loop.scanned)
 
-    def shrunk_to_zero(norm):
-        return jnp.zeros(groups, bool) if zero_below is None else norm <= zero_below
+
+def _shrunk_to_zero(norm: jax.Array, zero_below) -> jax.Array:
+    """Per group, whether its projection, known to have norm ≤ ``norm`` [G], is done: where
+    ``zero_below`` is given and ``norm`` ≤ it (``project_rows``)."""
+    return jnp.zeros(norm.shape, bool) if zero_below is None else norm <= zero_below
+
+
+def _compacting(problem: Problem, z: jax.Array, patterns, outputs: int, tol, max_iters: int,
+                zero_below, loop: _Loop) -> _Loop:
+    """Runs the Lawson–Hanson steps on the G groups of ``loop`` (points z [G, d], patterns as
+    ``_per_group`` reads them) until at most G / ``COMPACTION`` are unfinished, then on those
+    alone, gathered into a batch of that size (padded with finished copies), and so on down to
+    a batch too small to divide. Each batch size compiles its own loop."""
+    groups = len(z)
+    few = groups // COMPACTION
+    if not few:
+        return _lawson_hanson(problem, z, patterns, outputs, tol, max_iters, zero_below, loop)
+    loop = _lawson_hanson(problem, z, patterns, outputs, tol, max_iters, zero_below, loop,
+                          keep_going=lambda loop: jnp.sum(~loop.done) > few)
+    index = jnp.nonzero(~loop.done, size=few, fill_value=groups)[0]    # out of range: padding
+    if patterns is None:
+        patterns = _over_groups(jnp.arange(problem.num_patterns), groups, outputs)
+
+    def gathered(array):
+        return jnp.take(array, index, axis=0, mode="clip") if array.ndim else array
+
+    batch = jax.tree.map(gathered, loop)
+    batch = _compacting(problem, gathered(z), gathered(patterns), outputs, tol, max_iters,
+                        zero_below, batch._replace(done=batch.done | (index >= groups)))
+    return jax.tree.map(lambda all_groups, some: all_groups.at[index].set(some, mode="drop")
+                        if all_groups.ndim else some, loop, batch)
+
+
+def _lawson_hanson(problem: Problem, z: jax.Array, patterns, outputs: int, tol, max_iters: int,
+                   zero_below, loop: _Loop, keep_going=None) -> _Loop:
+    """Lawson–Hanson steps on every group of ``loop`` while some group is unfinished, the step
+    count is below ``max_iters`` and ``keep_going(loop)`` holds (where given)."""
+    groups, slots = loop.active.used.shape
+    z_norm = jnp.linalg.norm(z, axis=1)
 
     def step(loop: _Loop) -> _Loop:
         loop = _with_entering_row(loop)
@@ -435,9 +509,11 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
         # groups that look for a constraint to add; a step where none does (all of them stepped
         # back, or are done) skips the scan of X. Only groups that took the full step (μ' = t)
         # search, so z + A_Wᵀ t is their point z + A_Wᵀ μ'.
-        searching = feasible & ~frozen & ~shrunk_to_zero(jnp.linalg.norm(point, axis=1))
+        searching = feasible & ~frozen & ~_shrunk_to_zero(jnp.linalg.norm(point, axis=1),
+                                                          zero_below)
+        scans = jnp.any(searching)
         worst, worst_slack = jax.lax.cond(
-            jnp.any(searching), lambda: _most_violated(problem, point, outputs),
+            scans, lambda: _most_violated(problem, point, outputs, patterns),
             lambda: (jnp.zeros(groups, jnp.int32), jnp.full(groups, jnp.inf, point.dtype)))
         violated = searching & (worst_slack < -tol * z_norm)
         already = jnp.any(used & (active.rows == worst[:, None]), axis=1)
@@ -447,7 +523,7 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
         slot = jnp.where(add, free_slot, slots)          # out of range where nothing is added
         slot_hit = jnp.arange(slots)[None] == slot[:, None]
         # the new row's inner products with the slots' rows: its column of the Gram matrix
-        new_row = _constraint_rows(problem, worst, outputs)
+        new_row = _constraint_rows(problem, worst, outputs, patterns)
         squared_norm = jnp.sum(new_row**2, axis=1)[:, None]
         products = jnp.where(slot_hit, squared_norm, jnp.einsum("gkd,gd->gk", rows, new_row))
         new_rhs = -jnp.sum(new_row * z, axis=1)
@@ -466,10 +542,12 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
                              target=kept_target,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
-                             stale=stale, trusted=jnp.asarray(False))
+                             stale=stale, trusted=jnp.asarray(False),
+                             scanned=loop.scanned + scans * groups)
 
     def running(loop: _Loop) -> jax.Array:
-        return (loop.iteration < max_iters) & ~jnp.all(loop.done)
+        going = (loop.iteration < max_iters) & ~jnp.all(loop.done)
+        return going if keep_going is None else going & keep_going(loop)
 
     def refactorised(loop: _Loop) -> _Loop:
         loop = _with_entering_row(loop)
@@ -481,27 +559,11 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
     def until_stale(loop: _Loop) -> _Loop:
         return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale, step, loop)
 
-    no_groups = jnp.zeros(groups, bool)
-    rows = _constraint_rows(problem, active.rows, outputs)
-    rhs = jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
-    loop = _Loop(iteration=jnp.asarray(0), active=active, rows=rows,
-                 entering_slot=jnp.full(groups, slots, jnp.int32), entering_row=jnp.zeros_like(z),
-                 squared_norms=jnp.sum(rows**2, axis=2), rhs=rhs,
-                 mu=jnp.zeros((groups, slots), z.dtype),
-                 target=_solved(active.inverse, rhs),
-                 done=shrunk_to_zero(z_norm),
-                 out_of_room=no_groups,
-                 stale=jnp.asarray(False), trusted=jnp.asarray(False),
-                 refactorisations=jnp.asarray(0))
     # no conditional around the re-factorisation: XLA lays its inverse out transposed, and a
     # branch passing H through unchanged copied it twice per projection (2.7 ms at k = 256)
     loop = until_stale(loop)
-    loop = jax.lax.while_loop(lambda loop: running(loop) & loop.stale,
+    return jax.lax.while_loop(lambda loop: running(loop) & loop.stale,
                               lambda loop: until_stale(refactorised(loop)), loop)
-    # the last entering row has μ = 0: the point does not need it written
-    point = z + jnp.einsum("gk,gkd->gd", loop.mu, loop.rows)
-    return Projection(point, loop.active, loop.iteration, loop.done & ~loop.out_of_room,
-                      loop.out_of_room, loop.refactorisations)
 
 
 # ----------------------------------------------------------------------------- groups of the program

@@ -104,7 +104,7 @@ def _restart(state: Optional[admm.AdmmState], problem: pb.Problem,
     zero = jnp.zeros_like(state.iteration)
     return state._replace(lam=state.lam * (state.rho / rho), rho=rho,
                           rho_growth=jnp.ones_like(rho), iteration=zero,
-                          pcg_iterations=zero, projection_iterations=zero,
+                          pcg_iterations=zero, projection_iterations=zero, scanned_groups=zero,
                           primal_residual=unknown, dual_residual=unknown, gap=unknown,
                           small_residual_run=zero,
                           gap_at=jnp.full_like(state.gap_at, -1),
