@@ -23,7 +23,8 @@ made its multipliers inaccurate.
 
 Groups finish at different steps, and a step costs the same for a finished group as for a live
 one (each pass covers every group's H and A_W). So once at most 1/``COMPACTION`` of the groups
-are unfinished, they are gathered into a batch that size and go on alone, and so on down.
+are unfinished, they are gathered into a batch that size and go on alone, and so on down
+(320 groups: batches of 40 and 5; 32: of 4; under 32: none).
 
 The rows of X are reached only through ``rows.reduce_rows`` (the most violated constraint: a
 running argmin over row blocks) and ``rows.gather_rows`` (the active constraints' rows), so the
@@ -43,6 +44,7 @@ from flax_cronos.cronos.problem import Problem, cone_signs
 from flax_cronos.cronos.rows import gather_rows, reduce_rows
 
 COMPACTION = 8      # once at most 1/COMPACTION of the groups are unfinished, only they go on
+SMALLEST_BATCH = 4  # ... in a batch of at least this many groups (fewer save too little to compile)
 REFINEMENTS = 4     # refinements of the multipliers after the first, before H is re-factorised
 
 
@@ -458,11 +460,11 @@ def _compacting(problem: Problem, z: jax.Array, patterns, outputs: int, tol, max
                 zero_below, loop: _Loop) -> _Loop:
     """Runs the Lawson–Hanson steps on the G groups of ``loop`` (points z [G, d], patterns as
     ``_per_group`` reads them) until at most G / ``COMPACTION`` are unfinished, then on those
-    alone, gathered into a batch of that size (padded with finished copies), and so on down to
-    a batch too small to divide. Each batch size compiles its own loop."""
+    alone, gathered into a batch of that size (padded with finished copies), and so on while
+    the batch has at least ``SMALLEST_BATCH`` groups. Each batch size compiles its own loop."""
     groups = len(z)
     few = groups // COMPACTION
-    if not few:
+    if few < SMALLEST_BATCH:
         return _lawson_hanson(problem, z, patterns, outputs, tol, max_iters, zero_below, loop)
     loop = _lawson_hanson(problem, z, patterns, outputs, tol, max_iters, zero_below, loop,
                           keep_going=lambda loop: jnp.sum(~loop.done) > few)

@@ -210,21 +210,21 @@ def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
 
 
 def test_groups_left_unfinished_go_on_alone_and_end_where_nnls_does():
-    """14 of 16 groups start inside their cones and finish at the first step; the other two
-    then go on gathered into a batch of their own (``cone.COMPACTION``), where each must
-    still project onto its own pattern's cone (group g has pattern (g // C) mod P) and its
-    active set must come back to its own slot: cold and warm, every projection is SciPy's."""
+    """29 of 32 groups start inside their cones and finish at the first step; the other three
+    then go on gathered into a batch of four (``cone.COMPACTION``), where each must still
+    project onto its own pattern's cone (group g has pattern (g // C) mod P) and its active
+    set must come back to its own slot: cold and warm, every projection is SciPy's."""
     rng = np.random.default_rng(3)
-    n, d, patterns, outputs = 300, 8, 4, 2
+    n, d, patterns, outputs = 300, 8, 4, 4
     x = rng.normal(size=(n, d))
     gates = rng.normal(size=(d, patterns))
     signs = np.where(x @ gates >= 0, 1.0, -1.0)
     group_pattern = np.tile(np.repeat(np.arange(patterns), outputs), 2)   # [2, P, C] layout
     groups = len(group_pattern)
-    assert groups // cone.COMPACTION == 2
+    assert groups // cone.COMPACTION == cone.SMALLEST_BATCH == 4
     z = rng.uniform(0.5, 2.0, size=(groups, 1)) * gates.T[group_pattern]  # inside their cones
-    hard = [5, 11]                              # patterns 2 and 1, in batch slots 0 and 1
-    z[hard] = -gates.T[group_pattern[hard]] + 0.3 * rng.normal(size=(2, d))
+    hard = [6, 11, 29]                        # patterns 1, 2 and 3, in batch slots 0, 1 and 2
+    z[hard] = -gates.T[group_pattern[hard]] + 0.3 * rng.normal(size=(3, d))
     project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
 
     def check(points, result):
@@ -238,7 +238,7 @@ def test_groups_left_unfinished_go_on_alone_and_end_where_nnls_does():
                    cone.empty_active_set(groups, d, jnp.float64), TOL, 100, outputs=outputs)
     check(z, cold)
     steps = int(cold.iterations)
-    assert steps >= 4 and int(cold.scanned) <= groups + 2 * (steps - 1)   # one step of all 16
+    assert steps >= 4 and int(cold.scanned) <= groups + 4 * (steps - 1)   # one step of all 32
     assert np.array_equal(np.asarray(cold.active.used).any(axis=1), np.isin(range(groups), hard))
 
     moved = z + 0.05 * rng.normal(size=z.shape)
