@@ -57,6 +57,13 @@ def test_objective_matches_cvxpy(activation, classes, beta, dtype, preconditione
         true_gap = (solution.stats.objective - expected) / solution.stats.objective
         assert true_gap - 1e-9 <= solution.stats.duality_gap <= 1e-4
     assert solution.stats.objective == pytest.approx(solution.stats.loss + solution.stats.penalty)
+    # each Lawson–Hanson step scans X for at most every group, H·P·C of them
+    patterns, _, outputs = solution.params.v.shape
+    steps, scanned = solution.stats.projection_iterations, solution.stats.scanned_groups
+    if activation == "relu":
+        assert 0 < scanned <= 2 * patterns * outputs * steps
+    else:
+        assert scanned == steps == 0
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1e3])
