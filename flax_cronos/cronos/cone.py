@@ -451,8 +451,8 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
 
 
 def _shrunk_to_zero(norm: jax.Array, zero_below) -> jax.Array:
-    """Per group, whether its projection, known to have norm ≤ ``norm`` [G], is done: where
-    ``zero_below`` is given and ``norm`` ≤ it (``project_rows``)."""
+    """Per group, whether a projection known to have norm ≤ ``norm`` [G] is done: it is where
+    ``zero_below`` is given and ``norm`` ≤ ``zero_below`` (``project_rows``)."""
     return jnp.zeros(norm.shape, bool) if zero_below is None else norm <= zero_below
 
 

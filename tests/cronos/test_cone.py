@@ -10,9 +10,21 @@ from tests.reference import reference_projection
 TOL = 1e-10     # the projections' tolerance: violations below TOL ‖x_j‖ ‖z‖ count as satisfied
 
 
+project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
+
+
 def accuracy(x, z):
     """How close to exact a projection of z with tolerance TOL is: a few TOL ‖x_j‖ ‖z‖."""
     return 10 * TOL * np.linalg.norm(x, axis=1).max() * np.linalg.norm(z)
+
+
+def assert_nnls_projections(result, points, x, signs, group_pattern):
+    """Each group g's projection is SciPy's projection of points[g] onto its pattern's cone,
+    to ``accuracy``."""
+    for g, pattern in enumerate(group_pattern):
+        np.testing.assert_allclose(result.point[g],
+                                   reference_projection(signs[:, [pattern]] * x, points[g]),
+                                   atol=accuracy(x, points[g]))
 
 
 def test_projection_matches_nnls_cold_and_warm():
@@ -22,25 +34,18 @@ def test_projection_matches_nnls_cold_and_warm():
     gates = rng.normal(size=(d, patterns))
     signs = np.where(x @ gates >= 0, 1.0, -1.0)
     group_pattern = np.array([0, 1, 2, 0, 1, 2])          # groups laid out as [2, P, C = 1]
-    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     z = rng.normal(size=(6, d))
     z[0] = 2 * gates[:, 0]                 # a gate lies in its own cone: its projection is itself
     result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
                      cone.empty_active_set(6, d, jnp.float64), TOL, 100)
     assert bool(jnp.all(result.complete))
-    for g in range(6):
-        a = signs[:, [group_pattern[g]]] * x
-        np.testing.assert_allclose(result.point[g], reference_projection(a, z[g]),
-                                   atol=accuracy(x, z[g]))
+    assert_nnls_projections(result, z, x, signs, group_pattern)
     np.testing.assert_allclose(result.point[0], z[0], atol=1e-12)
 
     moved = z + 0.05 * rng.normal(size=z.shape)
     warm = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(moved), result.active, TOL, 100)
     assert int(warm.iterations) < int(result.iterations)
-    for g in range(6):
-        a = signs[:, [group_pattern[g]]] * x
-        np.testing.assert_allclose(warm.point[g], reference_projection(a, moved[g]),
-                                   atol=accuracy(x, moved[g]))
+    assert_nnls_projections(warm, moved, x, signs, group_pattern)
 
 
 def _regularised_gram(rows):
@@ -68,7 +73,6 @@ def test_warm_started_projections_keep_the_exact_inverse():
     x = rng.normal(size=(n, d))
     signs = np.where(x @ rng.normal(size=(d, patterns)) >= 0, 1.0, -1.0)
     group_pattern = np.arange(patterns).repeat(2)         # laid out as [1, P, C = 2]
-    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     active = cone.empty_active_set(len(group_pattern), d, jnp.float64)
     z = rng.normal(size=(len(group_pattern), d))
     iterations = refactorisations = 0
@@ -81,10 +85,7 @@ def test_warm_started_projections_keep_the_exact_inverse():
         iterations += int(result.iterations)
         refactorisations += int(result.refactorisations)
         assert _gram_inverse_error(active, x, signs, group_pattern) < 1e-4
-        for g, pattern in enumerate(group_pattern):
-            np.testing.assert_allclose(result.point[g],
-                                       reference_projection(signs[:, [pattern]] * x, z[g]),
-                                       atol=accuracy(x, z[g]))
+        assert_nnls_projections(result, z, x, signs, group_pattern)
     # the updates alone keep H accurate: rounding asks for a re-factorisation only now and then
     # (wrong update formulas would ask for one after nearly every step)
     assert refactorisations <= 0.05 * iterations
@@ -158,7 +159,6 @@ def test_float32_projections_onto_nearly_dependent_rows_stay_finite_and_close():
     patterns = 8
     signs = np.where(x @ rng.normal(size=(4, patterns)) >= 0, 1.0, -1.0)
     group_pattern = np.arange(patterns).repeat(2)         # laid out as [1, P, C = 2]
-    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     active = cone.empty_active_set(len(group_pattern), 4, jnp.float32)
     z = rng.normal(size=(len(group_pattern), 4))
     refactorisations = 0
@@ -198,7 +198,6 @@ def test_groups_the_prox_zeroes_stop_as_soon_as_that_is_known():
         norms = np.linalg.norm(points, axis=1, keepdims=True)
         return points * np.maximum(0.0, 1.0 - threshold / np.maximum(norms, 1e-300))
 
-    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
     args = (jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
             cone.empty_active_set(len(group_pattern), d, jnp.float64), 1e-10, 100)
     full, early = project(*args), project(*args, zero_below=threshold)
@@ -225,18 +224,10 @@ def test_groups_left_unfinished_go_on_alone_and_end_where_nnls_does():
     z = rng.uniform(0.5, 2.0, size=(groups, 1)) * gates.T[group_pattern]  # inside their cones
     hard = [6, 11, 29]                        # patterns 1, 2 and 3, in batch slots 0, 1 and 2
     z[hard] = -gates.T[group_pattern[hard]] + 0.3 * rng.normal(size=(3, d))
-    project = jax.jit(cone.project, static_argnames=("max_iters", "outputs"))
-
-    def check(points, result):
-        assert bool(jnp.all(result.complete))
-        for g in range(groups):
-            a = signs[:, [group_pattern[g]]] * x
-            np.testing.assert_allclose(result.point[g], reference_projection(a, points[g]),
-                                       atol=accuracy(x, points[g]))
-
     cold = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
                    cone.empty_active_set(groups, d, jnp.float64), TOL, 100, outputs=outputs)
-    check(z, cold)
+    assert bool(jnp.all(cold.complete))
+    assert_nnls_projections(cold, z, x, signs, group_pattern)
     steps = int(cold.iterations)
     assert steps >= 4 and int(cold.scanned) <= groups + 4 * (steps - 1)   # one step of all 32
     assert np.array_equal(np.asarray(cold.active.used).any(axis=1), np.isin(range(groups), hard))
@@ -244,7 +235,8 @@ def test_groups_left_unfinished_go_on_alone_and_end_where_nnls_does():
     moved = z + 0.05 * rng.normal(size=z.shape)
     warm = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(moved), cold.active, TOL, 100,
                    outputs=outputs)
-    check(moved, warm)
+    assert bool(jnp.all(warm.complete))
+    assert_nnls_projections(warm, moved, x, signs, group_pattern)
 
 
 def test_the_most_violated_row_is_the_first_of_its_ties_whatever_the_row_count():
