@@ -18,8 +18,9 @@ them anew. The cost per iteration is one product X V (to find violations) plus a
 matrix-vector products with H and the active rows.
 
 Consecutive ADMM iterations project nearby points, so W and H are kept and reused (warm start):
-most projections then end after a few iterations, and H is re-factorised only when rounding has
-made its multipliers inaccurate.
+most projections then end after a few iterations, and a group's H is re-factorised only when
+rounding has made its multipliers inaccurate (that group's alone: re-factorising all 320 groups
+of a 10-class head at k = 256 takes 0.3 s, about a dozen steps).
 
 Groups finish at different steps, and a step costs the same for a finished group as for a live
 one (each pass covers every group's H and A_W). So once at most 1/``COMPACTION`` of the groups
@@ -46,6 +47,8 @@ from flax_cronos.cronos.rows import gather_rows, reduce_rows
 COMPACTION = 8      # once at most 1/COMPACTION of the groups are unfinished, only they go on
 SMALLEST_BATCH = 4  # ... in a batch of at least this many groups (fewer save too little to compile)
 REFINEMENTS = 4     # refinements of the multipliers after the first, before H is re-factorised
+REPAIR_BATCH = 8    # groups re-factorised (stale H) or refined (inaccurate t) at a time
+GATHERED_REFINEMENTS_FROM = 64  # ... refined so only from this many groups on (else all at once)
 
 
 class ActiveSet(NamedTuple):
@@ -92,7 +95,7 @@ class Projection(NamedTuple):
     complete: [G] bool, False where the iteration cap or the slot count was reached.
     out_of_room: [G] bool, True where the slot count was reached (a violated constraint found
         no free slot).
-    refactorisations: how often rounding made H inaccurate enough to re-factorise it.
+    refactorisations: how many groups' H rounding made inaccurate enough to re-factorise.
     scanned: the scans of X for violated constraints, counted in groups (a step's scan of a
         batch of G groups is one [n, d] × [d, G] product and counts G).
     """
@@ -113,8 +116,9 @@ class _Loop(NamedTuple):
     the rows' squared norms [G, k] and −A_W z [G, k] (zero on the unused slots), multipliers μ
     [G, k], the least-squares multipliers on the active sets, kept up to date as rows enter
     and leave (``target`` [G, k]), and per group whether it is done or out of room;
-    ``stale``: the last step found H inaccurate and changed nothing; ``trusted``: H was just
-    re-factorised, so the next step takes it without checking; ``scanned``: see ``Projection``.
+    ``stale`` [G]: the last step found the group's H inaccurate and changed nothing for it;
+    ``trusted`` [G]: the group's H was just re-factorised, so the next step takes it without
+    checking; ``scanned``: see ``Projection``.
     Every field but the scalars has a leading group axis.
 
     A step writes the row it adds at the start of the next step, before anything reads A_W:
@@ -339,13 +343,18 @@ def _solved(inverse: jax.Array, rhs: jax.Array) -> jax.Array:
 
 
 def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, active: ActiveSet,
-                 z: jax.Array, tol, start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                 z: jax.Array, tol, start: jax.Array,
+                 live: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Least-squares multipliers on the active set, t = W⁻¹ r with W the regularised Gram
     matrix of the rows A_W [G, k, d], r = −A_W z (``rhs``, zero on the unused slots) and 0
     elsewhere, and the point v = z + A_Wᵀ t they give. ``start`` is the caller's estimate
     (kept up to date by ``_bordering`` and ``_schur_complement``, or H r after a
     re-factorisation); it is refined by t += H (r − W t) while that residual is too large, at most
-    1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and t accumulate.
+    1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and t accumulate, while
+    some ``live`` [G] group's is (the others' multipliers are not used). From
+    ``GATHERED_REFINEMENTS_FROM`` groups on, only the groups whose residual is too large are
+    refined, ``REPAIR_BATCH`` at a time, gathered: among the 320 groups of a 10-class head
+    some needed refining in most steps, and a refinement of all of them reads 170 MB.
 
     The residual is read off the rows (no Gram matrix is kept: it would be one more [G, k, k]
     array to update and read, cold after X's scan): with c the rows' ``squared_norms``,
@@ -356,32 +365,45 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
     (a refinement adds a product with H; a re-factorisation of H, which the caller falls back
     on, costs about fifty such passes).
 
-    Returns (t [G, k], v [G, d], whether every group's t is accurate: the residual, the slack
+    Returns (t [G, k], v [G, d], per group whether t is accurate [G]: the residual, the slack
     it leaves on the active rows, is within the projection tolerance tol ‖x_j‖ ‖z‖ on each of
     them)."""
-    inverse, used = active.inverse, active.used
+    groups = len(z)
+    used = active.used
     bound = tol * jnp.sqrt(squared_norms) * jnp.linalg.norm(z, axis=1)[:, None]
 
     def accurate(remainder):
-        return jnp.all((jnp.abs(remainder) <= bound) | ~used)
+        return jnp.all((jnp.abs(remainder) <= bound) | ~used, axis=1)
 
-    def point_and_residual(t):
+    def point_and_residual(t, z, rows, squared_norms, used):
         point = z + jnp.einsum("gk,gkd->gd", t, rows)
         slack = jnp.einsum("gkd,gd->gk", rows, point) + _ridge(z.dtype) * squared_norms * t
         return point, jnp.where(used, -slack, 0.0)
 
-    def refined(carry):
-        count, t, _, remainder = carry
+    def refine(t, remainder, inverse, *point_inputs):
         t = t + _solved(inverse, remainder)                 # zero on the unused slots
-        return count + 1, t, *point_and_residual(t)
+        return t, *point_and_residual(t, *point_inputs)
 
-    def inaccurate(carry):
-        count, _, _, remainder = carry
-        return (count <= REFINEMENTS) & ~accurate(remainder)
+    def wanting(carry):
+        refinements, _, _, remainder = carry
+        return live & ~accurate(remainder) & (refinements <= REFINEMENTS)
+
+    def refined(carry):
+        refinements, t, point, remainder = carry
+        # all groups where they are few: gathering costs about as much, and refining every
+        # group keeps more of them accurate (binary benchmark, n = 20,000, 32 groups: 8.0 s
+        # refining only the inaccurate ones, 6.9 s refining all)
+        gathered = REPAIR_BATCH if groups >= GATHERED_REFINEMENTS_FROM else None
+        (t, point, remainder), done = _repaired(
+            wanting(carry), gathered, refine,
+            (t, remainder, active.inverse, z, rows, squared_norms, used), (t, point, remainder))
+        return refinements + done, t, point, remainder
 
     start = jnp.where(used, start, 0.0)
-    _, t, point, remainder = jax.lax.while_loop(inaccurate, refined,
-                                                (0, start, *point_and_residual(start)))
+    carry = (jnp.zeros(groups, jnp.int32), start,
+             *point_and_residual(start, z, rows, squared_norms, used))
+    _, t, point, remainder = jax.lax.while_loop(lambda carry: jnp.any(wanting(carry)), refined,
+                                                carry)
     return jnp.where(used, t, 0.0), point, accurate(remainder)
 
 
@@ -428,9 +450,10 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
     enters with one bordering update and leaves with one Schur complement, both O(k²). Rounding
     accumulates in H, badly so when the active rows are nearly dependent; every step checks
     the slack its multipliers leave on the active rows, refines them while it exceeds the
-    tolerance, and when a few refinements do not bring it within, H is re-factorised
-    (Cholesky, O(k³)) and the step redone with it, unchecked (a fresh H is as accurate as it
-    gets)."""
+    tolerance, and when a few refinements do not bring it within, that group's H is
+    re-factorised (Cholesky, O(k³)) and its step redone with it, unchecked (a fresh H is as
+    accurate as it gets). Only the live groups' multipliers are checked: a finished group's
+    are not used until the next projection checks them."""
     groups, slots = active.used.shape
     rows = _constraint_rows(problem, active.rows, outputs)
     rhs = jnp.where(active.used, -jnp.einsum("gkd,gd->gk", rows, z), 0.0)
@@ -441,7 +464,7 @@ def project_rows(problem: Problem, z: jax.Array, outputs: int, active: ActiveSet
                  target=_solved(active.inverse, rhs),
                  done=_shrunk_to_zero(jnp.linalg.norm(z, axis=1), zero_below),
                  out_of_room=jnp.zeros(groups, bool),
-                 stale=jnp.asarray(False), trusted=jnp.asarray(False),
+                 stale=jnp.zeros(groups, bool), trusted=jnp.zeros(groups, bool),
                  refactorisations=jnp.asarray(0), scanned=jnp.asarray(0))
     loop = _compacting(problem, z, None, outputs, tol, max_iters, zero_below, loop)
     # the last entering row has μ = 0: the point does not need it written
@@ -473,13 +496,54 @@ def _compacting(problem: Problem, z: jax.Array, patterns, outputs: int, tol, max
         patterns = _over_groups(jnp.arange(problem.num_patterns), groups, outputs)
 
     def gathered(array):
-        return jnp.take(array, index, axis=0, mode="clip") if array.ndim else array
+        return _take(array, index) if array.ndim else array
 
     batch = jax.tree.map(gathered, loop)
     batch = _compacting(problem, gathered(z), gathered(patterns), outputs, tol, max_iters,
                         zero_below, batch._replace(done=batch.done | (index >= groups)))
     return jax.tree.map(lambda all_groups, some: all_groups.at[index].set(some, mode="drop")
                         if all_groups.ndim else some, loop, batch)
+
+
+def _take(array: jax.Array, index: jax.Array) -> jax.Array:
+    """The groups ``index`` of ``array`` (leading group axis); an index out of range reads the
+    last group."""
+    return jnp.take(array, index, axis=0, mode="clip")
+
+
+def _repaired(wanted: jax.Array, batch, repair, inputs, outputs):
+    """``outputs`` (arrays with a leading group axis) with ``repair(*inputs)`` written in for
+    the ``wanted`` [G] groups: for the first ``batch`` wanted ones, gathered, or where
+    ``batch`` is None, for all groups at once (a repair must then do no harm where none is
+    wanted). Returns them and which groups were repaired."""
+    if batch is None:
+        return repair(*inputs), jnp.ones_like(wanted)
+    index = jnp.nonzero(wanted, size=batch, fill_value=len(wanted))[0]  # out of range: none
+    fresh = repair(*(_take(array, index) for array in inputs))
+    return (tuple(old.at[index].set(new, mode="drop") for old, new in zip(outputs, fresh)),
+            jnp.zeros_like(wanted).at[index].set(True, mode="drop"))
+
+
+def _refactorised(loop: _Loop) -> _Loop:
+    """The loop with H and t afresh for its stale groups, ``REPAIR_BATCH`` at a time (none
+    where no group is stale)."""
+
+    def refactorise(rows, used, rhs):
+        inverse = _inverse(rows, used)
+        return inverse, _solved(inverse, rhs)
+
+    def next_batch(carry):
+        inverse, target, pending = carry
+        (inverse, target), done = _repaired(pending, REPAIR_BATCH, refactorise,
+                                            (loop.rows, loop.active.used, loop.rhs),
+                                            (inverse, target))
+        return inverse, target, pending & ~done
+
+    inverse, target, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[2]), next_batch,
+                                            (loop.active.inverse, loop.target, loop.stale))
+    return loop._replace(active=loop.active._replace(inverse=inverse), target=target,
+                         stale=jnp.zeros_like(loop.stale), trusted=loop.stale,
+                         refactorisations=loop.refactorisations + jnp.sum(loop.stale))
 
 
 def _lawson_hanson(problem: Problem, z: jax.Array, patterns, outputs: int, tol, max_iters: int,
@@ -490,12 +554,13 @@ def _lawson_hanson(problem: Problem, z: jax.Array, patterns, outputs: int, tol, 
     z_norm = jnp.linalg.norm(z, axis=1)
 
     def step(loop: _Loop) -> _Loop:
-        loop = _with_entering_row(loop)
+        loop = _refactorised(_with_entering_row(loop))
         active, rows, mu, done = loop.active, loop.rows, loop.mu, loop.done
         target, point, accurate = _multipliers(rows, loop.rhs, loop.squared_norms, active, z,
-                                               tol, loop.target)
-        stale = ~accurate & ~loop.trusted
-        frozen = done | stale          # a stale H changes nothing: the step is redone with a fresh one
+                                               tol, loop.target, live=~done)
+        # a group whose H went stale changes nothing: its step is redone with a fresh H
+        stale = ~accurate & ~loop.trusted & ~done
+        frozen = done | stale
         feasible = jnp.all((target > 0) | ~active.used, axis=1)
         # Lawson–Hanson step back: move from μ towards the LS multipliers until one reaches 0.
         blocking = active.used & (target <= 0)
@@ -538,34 +603,22 @@ def _lawson_hanson(problem: Problem, z: jax.Array, patterns, outputs: int, tol, 
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        return loop._replace(iteration=loop.iteration + ~stale, active=active,
+        # a step counts unless every unfinished group was stale; the next one, with all of
+        # them re-factorised and trusted, then counts
+        return loop._replace(iteration=loop.iteration + jnp.any(~frozen), active=active,
                              entering_slot=slot.astype(jnp.int32), entering_row=new_row,
                              squared_norms=squared_norms, rhs=rhs, mu=new_mu,
                              target=kept_target,
                              done=jnp.where(stale, done, done | (feasible & ~add)),
                              out_of_room=jnp.where(stale, loop.out_of_room, out_of_room),
-                             stale=stale, trusted=jnp.asarray(False),
+                             stale=stale, trusted=jnp.zeros_like(stale),
                              scanned=loop.scanned + scans * groups)
 
     def running(loop: _Loop) -> jax.Array:
         going = (loop.iteration < max_iters) & ~jnp.all(loop.done)
         return going if keep_going is None else going & keep_going(loop)
 
-    def refactorised(loop: _Loop) -> _Loop:
-        loop = _with_entering_row(loop)
-        active = loop.active._replace(inverse=_inverse(loop.rows, loop.active.used))
-        return loop._replace(active=active, target=_solved(active.inverse, loop.rhs),
-                             stale=jnp.asarray(False), trusted=jnp.asarray(True),
-                             refactorisations=loop.refactorisations + 1)
-
-    def until_stale(loop: _Loop) -> _Loop:
-        return jax.lax.while_loop(lambda loop: running(loop) & ~loop.stale, step, loop)
-
-    # no conditional around the re-factorisation: XLA lays its inverse out transposed, and a
-    # branch passing H through unchanged copied it twice per projection (2.7 ms at k = 256)
-    loop = until_stale(loop)
-    return jax.lax.while_loop(lambda loop: running(loop) & loop.stale,
-                              lambda loop: until_stale(refactorised(loop)), loop)
+    return jax.lax.while_loop(running, step, loop)
 
 
 # ----------------------------------------------------------------------------- groups of the program

@@ -91,6 +91,64 @@ def test_warm_started_projections_keep_the_exact_inverse():
     assert refactorisations <= 0.05 * iterations
 
 
+def test_only_the_group_whose_inverse_went_wrong_is_refactorised():
+    """One group's H is made wrong (3× the inverse on its active slots: refining its
+    multipliers with it then diverges) before a warm start at the same points. That group alone
+    is re-factorised, once, and its H is exact again; every other group's H comes back bit for
+    bit as it went in (re-factorising every group would have recomputed them all); all the
+    projections are SciPy's."""
+    rng = np.random.default_rng(2)
+    n, d, patterns = 300, 8, 3
+    x = rng.normal(size=(n, d))
+    signs = np.where(x @ rng.normal(size=(d, patterns)) >= 0, 1.0, -1.0)
+    group_pattern = np.array([0, 1, 2, 0, 1, 2])          # groups laid out as [2, P, C = 1]
+    z = rng.normal(size=(6, d))
+    exact = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
+                    cone.empty_active_set(6, d, jnp.float64), TOL, 100).active
+    wrong = 2
+    used = np.asarray(exact.used[wrong])
+    assert used.sum() >= 2
+    inverse = np.array(exact.inverse)
+    inverse[wrong][np.ix_(used, used)] *= 3.0
+    result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
+                     exact._replace(inverse=jnp.asarray(inverse)), TOL, 100)
+    assert bool(jnp.all(result.complete))
+    assert int(result.refactorisations) == 1
+    others = np.arange(6) != wrong
+    np.testing.assert_array_equal(np.asarray(result.active.inverse)[others],
+                                  np.asarray(exact.inverse)[others])
+    assert _gram_inverse_error(result.active, x, signs, group_pattern) < 1e-8
+    assert_nnls_projections(result, z, x, signs, group_pattern)
+
+
+def test_many_groups_refine_only_the_inaccurate_multipliers():
+    """With 64 groups the multipliers that need refining are refined a few groups at a time,
+    gathered. Ten groups start from a slightly wrong H (1 + 1e-3 times the inverse: a few
+    refinements make their multipliers exact) at the points it was computed for: the
+    projections are SciPy's, no H is re-factorised (refinements went to the right groups)
+    and none changes."""
+    rng = np.random.default_rng(4)
+    n, d, patterns, outputs = 300, 8, 8, 4
+    groups = 2 * patterns * outputs
+    assert groups >= cone.GATHERED_REFINEMENTS_FROM
+    x = rng.normal(size=(n, d))
+    signs = np.where(x @ rng.normal(size=(d, patterns)) >= 0, 1.0, -1.0)
+    group_pattern = np.tile(np.arange(patterns).repeat(outputs), 2)   # laid out as [2, P, C]
+    z = rng.normal(size=(groups, d))
+    exact = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
+                    cone.empty_active_set(groups, d, jnp.float64), TOL, 200, outputs=outputs).active
+    inverse = np.array(exact.inverse)
+    for g in rng.choice(groups, 10, replace=False):
+        used = np.asarray(exact.used[g])
+        inverse[g][np.ix_(used, used)] *= 1 + 1e-3
+    result = project(jnp.asarray(x), jnp.asarray(signs), jnp.asarray(z),
+                     exact._replace(inverse=jnp.asarray(inverse)), TOL, 200, outputs=outputs)
+    assert bool(jnp.all(result.complete))
+    assert int(result.refactorisations) == 0
+    np.testing.assert_array_equal(np.asarray(result.active.inverse), inverse)
+    assert_nnls_projections(result, z, x, signs, group_pattern)
+
+
 def _least_squares_multipliers(rows, used, rhs):
     """(A_W A_Wᵀ)⁻¹ r on the used slots, with the diagonal's relative ridge, 0 elsewhere."""
     multipliers = np.zeros(len(used))
