@@ -603,9 +603,10 @@ def _lawson_hanson(problem: Problem, z: jax.Array, patterns, outputs: int, tol, 
                            inverse)
         # a violated row that is already active is rounding; a full active set needs more slots
         out_of_room = feasible & violated & ~already & ~has_room
-        # a step counts unless every unfinished group was stale; the next one, with all of
-        # them re-factorised and trusted, then counts
-        return loop._replace(iteration=loop.iteration + jnp.any(~frozen), active=active,
+        # a step where some group went stale is redone for it and does not count, unless some
+        # group had just been re-factorised: so the cap still binds if groups go stale in turn
+        counts = ~jnp.any(stale) | jnp.any(loop.trusted)
+        return loop._replace(iteration=loop.iteration + counts, active=active,
                              entering_slot=slot.astype(jnp.int32), entering_row=new_row,
                              squared_norms=squared_norms, rhs=rhs, mu=new_mu,
                              target=kept_target,
