@@ -349,9 +349,9 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
     matrix of the rows A_W [G, k, d], r = −A_W z (``rhs``, zero on the unused slots) and 0
     elsewhere, and the point v = z + A_Wᵀ t they give. ``start`` is the caller's estimate
     (kept up to date by ``_bordering`` and ``_schur_complement``, or H r after a
-    re-factorisation); it is refined by t += H (r − W t) while that residual is too large, at most
-    1 + ``REFINEMENTS`` times, to undo the rounding the updates of H and t accumulate, while
-    some ``live`` [G] group's is (the others' multipliers are not used). From
+    re-factorisation); to undo the rounding the updates of H and t accumulate, it is refined by
+    t += H (r − W t), at most 1 + ``REFINEMENTS`` times, while that residual is too large in some
+    ``live`` [G] group (the others' multipliers are not used). From
     ``GATHERED_REFINEMENTS_FROM`` groups on, only the groups whose residual is too large are
     refined, ``REPAIR_BATCH`` at a time, gathered: among the 320 groups of a 10-class head
     some needed refining in most steps, and a refinement of all of them reads 170 MB.
@@ -369,6 +369,10 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
     it leaves on the active rows, is within the projection tolerance tol ‖x_j‖ ‖z‖ on each of
     them)."""
     groups = len(z)
+    # all groups where they are few: gathering costs about as much, and refining every group
+    # keeps more of them accurate (binary benchmark, n = 20,000, 32 groups: 8.0 s refining only
+    # the inaccurate ones, 6.9 s refining all)
+    gathered = REPAIR_BATCH if groups >= GATHERED_REFINEMENTS_FROM else None
     used = active.used
     bound = tol * jnp.sqrt(squared_norms) * jnp.linalg.norm(z, axis=1)[:, None]
 
@@ -390,14 +394,10 @@ def _multipliers(rows: jax.Array, rhs: jax.Array, squared_norms: jax.Array, acti
 
     def refined(carry):
         refinements, t, point, remainder = carry
-        # all groups where they are few: gathering costs about as much, and refining every
-        # group keeps more of them accurate (binary benchmark, n = 20,000, 32 groups: 8.0 s
-        # refining only the inaccurate ones, 6.9 s refining all)
-        gathered = REPAIR_BATCH if groups >= GATHERED_REFINEMENTS_FROM else None
-        (t, point, remainder), done = _repaired(
+        (t, point, remainder), repaired = _repaired(
             wanting(carry), gathered, refine,
             (t, remainder, active.inverse, z, rows, squared_norms, used), (t, point, remainder))
-        return refinements + done, t, point, remainder
+        return refinements + repaired, t, point, remainder
 
     start = jnp.where(used, start, 0.0)
     carry = (jnp.zeros(groups, jnp.int32), start,
@@ -534,10 +534,10 @@ def _refactorised(loop: _Loop) -> _Loop:
 
     def next_batch(carry):
         inverse, target, pending = carry
-        (inverse, target), done = _repaired(pending, REPAIR_BATCH, refactorise,
-                                            (loop.rows, loop.active.used, loop.rhs),
-                                            (inverse, target))
-        return inverse, target, pending & ~done
+        (inverse, target), repaired = _repaired(pending, REPAIR_BATCH, refactorise,
+                                                (loop.rows, loop.active.used, loop.rhs),
+                                                (inverse, target))
+        return inverse, target, pending & ~repaired
 
     inverse, target, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[2]), next_batch,
                                             (loop.active.inverse, loop.target, loop.stale))
